@@ -1,0 +1,31 @@
+// Options of `flashcomm run`, as parsed from the command line.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "flashcomm/layout.hpp"
+
+namespace flashcomm::cli {
+
+struct RunOptions {
+  std::string model;
+  std::string tokenizer;
+  std::vector<std::string> prompts;  // one per request; none means BOS alone
+  int steps = 256;
+  ParallelConfig parallel;
+  bool check = false;
+  std::string json_path;
+  std::string log_level;
+};
+
+// Process exit codes; the library throws, only the CLI maps to these.
+enum ExitCode : int {
+  kExitOk = 0,
+  kExitRuntime = 1,  // a failure while running (a bug or a failed library call)
+  kExitUsage = 2,    // bad flags or a configuration that cannot run
+  kExitFormat = 3,   // a file that does not hold what it claims
+  kExitComm = 4,     // a communication library failure
+};
+
+}  // namespace flashcomm::cli

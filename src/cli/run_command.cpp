@@ -1,0 +1,305 @@
+// `flashcomm run`, in three stages on every rank:
+//   1. prepare: read the model's header and the tokenizer, encode the prompts,
+//      check the layout; all ranks agree on success before any computes, so a
+//      bad configuration is reported once and every rank exits non-zero;
+//   2. serve: each DP replica runs its prompts (prompt p goes to replica
+//      p % dp_size) with greedy decoding;
+//   3. report: the TP-rank-0 of each replica sends its results to world rank 0,
+//      which prints them with its own collectives and writes the JSON report.
+#include "cli/run_command.hpp"
+
+#include <mpi.h>
+
+#include <climits>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/launcher.hpp"
+#include "cli/report.hpp"
+#include "comm/mpi/mpi_check.hpp"
+#include "flashcomm/context.hpp"
+#include "flashcomm/engine.hpp"
+#include "flashcomm/error.hpp"
+#include "flashcomm/log.hpp"
+#include "flashcomm/model.hpp"
+#include "flashcomm/tokenizer.hpp"
+
+namespace flashcomm::cli {
+
+using nlohmann::json;
+
+int exit_code_for(const std::exception& e) {
+  if (dynamic_cast<const ConfigError*>(&e) != nullptr) {
+    return kExitUsage;
+  }
+  if (dynamic_cast<const FormatError*>(&e) != nullptr) {
+    return kExitFormat;
+  }
+  if (dynamic_cast<const CommError*>(&e) != nullptr) {
+    return kExitComm;
+  }
+  return kExitRuntime;
+}
+
+namespace {
+
+struct Request {
+  int index = 0;
+  std::string prompt;
+  std::vector<int> prompt_tokens;  // BOS first
+};
+
+struct Prepared {
+  ModelConfig config;
+  std::optional<Tokenizer> tokenizer;
+  std::vector<Request> requests;
+};
+
+// Everything that can be checked without computing: the same on every rank.
+// world_size < 0: before the ranks exist (the launching process).
+Prepared prepare(const RunOptions& opt, int world_size) {
+  if (opt.steps < 0) {
+    throw ConfigError(fmt::format("--steps {} must be 0 or more", opt.steps));
+  }
+  Prepared p;
+  p.config = read_llama2c_config(opt.model);
+  check_parallel_config(p.config, opt.parallel, world_size);
+  p.tokenizer = Tokenizer::load(opt.tokenizer, p.config.vocab_size);
+  const std::vector<std::string> prompts =
+      opt.prompts.empty() ? std::vector<std::string>{""} : opt.prompts;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Request r;
+    r.index = static_cast<int>(i);
+    r.prompt = prompts[i];
+    r.prompt_tokens = p.tokenizer->encode(r.prompt, true);
+    check_prompt_fits(p.config, static_cast<int>(r.prompt_tokens.size()));
+    p.requests.push_back(std::move(r));
+  }
+  return p;
+}
+
+// MPI_Init / MPI_Finalize for the lifetime of the command.
+class MpiSession {
+ public:
+  MpiSession() { FC_CHECK_MPI(MPI_Init(nullptr, nullptr)); }
+  ~MpiSession() { MPI_Finalize(); }
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+};
+
+int world_rank() {
+  int rank = 0;
+  FC_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  return rank;
+}
+
+int world_size() {
+  int size = 0;
+  FC_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
+  return size;
+}
+
+int allreduce_int(int value, MPI_Op op) {
+  int result = value;
+  FC_CHECK_MPI(MPI_Allreduce(&value, &result, 1, MPI_INT, op, MPI_COMM_WORLD));
+  return result;
+}
+
+std::string decode_text(const Tokenizer& tok, int prev, const std::vector<int>& tokens) {
+  std::string text;
+  for (int t : tokens) {
+    text += tok.decode(prev, t);
+    prev = t;
+  }
+  return text;
+}
+
+// Serves this replica's requests; returns their results as JSON.
+json serve(const RunOptions& opt, const Prepared& prep, const ModelWeights& weights,
+           ParallelContext& ctx, Engine& engine, double& max_rel_err) {
+  const RankPlace& place = ctx.place();
+  json results = json::array();
+  for (const Request& r : prep.requests) {
+    if (r.index % opt.parallel.dp_size != place.dp_rank) {
+      continue;
+    }
+    log::info("request {}: {} prompt tokens, up to {} new", r.index, r.prompt_tokens.size(),
+              opt.steps);
+    const Generation g = generate(engine, r.prompt_tokens, opt.steps);
+    json result = {{"index", r.index},
+                   {"dp_rank", place.dp_rank},
+                   {"prompt", r.prompt},
+                   {"prompt_tokens", r.prompt_tokens},
+                   {"generated_tokens", g.tokens},
+                   {"text", decode_text(*prep.tokenizer, r.prompt_tokens.back(), g.tokens)},
+                   {"prefill_seconds", g.prefill_seconds},
+                   {"decode_seconds", g.decode_seconds}};
+    if (opt.check && place.tp_rank == 0) {
+      ReferenceModel reference(weights);
+      const std::vector<float> expected = reference.last_logits(r.prompt_tokens);
+      const double err = max_relative_error(g.prefill_logits, expected);
+      result["check"] = {{"max_rel_err", err}};
+      max_rel_err = std::max(max_rel_err, err);
+    }
+    results.push_back(std::move(result));
+  }
+  return results;
+}
+
+// Gathers the JSON text of every rank at world rank 0 (empty elsewhere).
+std::vector<json> gather_json(const json& mine, bool send) {
+  const std::string text = send ? mine.dump() : std::string();
+  const int len = static_cast<int>(text.size());
+  const int rank = world_rank();
+  const int size = world_size();
+  std::vector<int> lens(static_cast<size_t>(size));
+  FC_CHECK_MPI(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, MPI_COMM_WORLD));
+  std::vector<int> offsets(static_cast<size_t>(size), 0);
+  int total = 0;
+  for (int r = 0; r < size; ++r) {
+    offsets[static_cast<size_t>(r)] = total;
+    total += lens[static_cast<size_t>(r)];
+  }
+  std::string all(static_cast<size_t>(rank == 0 ? total : 0), '\0');
+  FC_CHECK_MPI(MPI_Gatherv(text.data(), len, MPI_CHAR, all.data(), lens.data(), offsets.data(),
+                           MPI_CHAR, 0, MPI_COMM_WORLD));
+  std::vector<json> out;
+  if (rank == 0) {
+    for (int r = 0; r < size; ++r) {
+      if (lens[static_cast<size_t>(r)] > 0) {
+        out.push_back(json::parse(all.substr(static_cast<size_t>(offsets[static_cast<size_t>(r)]),
+                                             static_cast<size_t>(lens[static_cast<size_t>(r)]))));
+      }
+    }
+  }
+  return out;
+}
+
+void print_and_write(const RunOptions& opt, std::vector<json> results, ParallelContext& ctx,
+                     double max_rel_err) {
+  std::sort(results.begin(), results.end(),
+            [](const json& a, const json& b) { return a["index"] < b["index"]; });
+  double prefill_seconds = 0.0;
+  double decode_seconds = 0.0;
+  int decoded = 0;
+  for (const json& r : results) {
+    if (r["dp_rank"] == 0) {
+      prefill_seconds += r["prefill_seconds"].get<double>();
+      decode_seconds += r["decode_seconds"].get<double>();
+      decoded += static_cast<int>(r["generated_tokens"].size());
+    }
+  }
+
+  for (const json& r : results) {
+    if (results.size() > 1) {
+      fmt::print("--- request {} (dp replica {}) ---\n", r["index"].get<int>(),
+                 r["dp_rank"].get<int>());
+    }
+    fmt::print("{}{}\n", r["prompt"].get<std::string>(), r["text"].get<std::string>());
+  }
+  const ParallelConfig& pc = ctx.config();
+  fmt::print("\nlayout: dp {} x tp {}, flashcomm1 {}, flashcomm2 {}\n", pc.dp_size, pc.tp_size,
+             pc.flashcomm1 ? "on" : "off",
+             pc.flashcomm2_on() ? fmt::format("K={}", pc.flashcomm2) : "off");
+  fmt::print("prefill: {:.6f} s   decode: {} tokens in {:.6f} s (replica 0)\n", prefill_seconds,
+             decoded, decode_seconds);
+  fmt::print("prefill collectives (rank 0):\n{}", comm_table(ctx.stats().records(Pass::prefill)));
+  fmt::print("decode collectives (rank 0):\n{}", comm_table(ctx.stats().records(Pass::decode)));
+  if (opt.check) {
+    fmt::print("check: largest relative error of the last position's logits against the "
+               "unsharded pass: {:.3e}\n",
+               max_rel_err);
+  }
+  std::fflush(stdout);
+
+  if (!opt.json_path.empty()) {
+    json report = {
+        {"model", opt.model},
+        {"parallel",
+         {{"dp", pc.dp_size}, {"tp", pc.tp_size}, {"flashcomm1", pc.flashcomm1},
+          {"flashcomm2", pc.flashcomm2}}},
+        {"prompt_tokens", results.at(0)["prompt_tokens"]},
+        {"generated_tokens", results.at(0)["generated_tokens"]},
+        {"text", results.at(0)["text"]},
+        {"requests", results},
+        {"prefill",
+         {{"seconds", prefill_seconds}, {"comm", comm_json(ctx.stats().records(Pass::prefill))}}},
+        {"decode",
+         {{"seconds", decode_seconds}, {"comm", comm_json(ctx.stats().records(Pass::decode))}}}};
+    if (opt.check) {
+      report["check"] = {{"max_rel_err", max_rel_err}};
+    }
+    write_json(opt.json_path, report);
+  }
+}
+
+}  // namespace
+
+int run_command(const RunOptions& opt, int argc, char** argv) {
+  // Started by hand for several ranks: check once here, then become mpiexec.
+  if (!under_mpi_launcher() && opt.parallel.world_size() > 1) {
+    log::init(0, opt.log_level);
+    prepare(opt, -1);
+    relaunch_under_mpiexec(argc, argv, opt.parallel.world_size());
+  }
+
+  MpiSession mpi;
+  const int rank = world_rank();
+
+  // 1. prepare, and agree on it before anyone computes.
+  Prepared prep;
+  std::optional<ModelWeights> weights;
+  int code = kExitOk;
+  std::string message;
+  try {
+    log::init(rank, opt.log_level);
+    prep = prepare(opt, world_size());
+    weights = load_llama2c(opt.model);
+  } catch (const std::exception& e) {
+    code = exit_code_for(e);
+    message = e.what();
+  }
+  const int worst = allreduce_int(code, MPI_MAX);
+  if (worst != kExitOk) {
+    // The lowest failing rank speaks, so the message appears once.
+    const int speaker = allreduce_int(code != kExitOk ? rank : INT_MAX, MPI_MIN);
+    if (rank == speaker) {
+      fmt::print(stderr, "flashcomm: error: {}\n", message);
+    }
+    return worst;
+  }
+
+  // 2. serve; 3. report. A failure now may leave peers inside a collective,
+  // so it ends the whole job.
+  try {
+    ParallelContext ctx(MPI_COMM_WORLD, opt.parallel);
+    Engine engine(*weights, ctx);
+    double max_rel_err = 0.0;
+    const json mine = serve(opt, prep, *weights, ctx, engine, max_rel_err);
+    const double worst_err = [&] {
+      double v = max_rel_err;
+      FC_CHECK_MPI(MPI_Allreduce(&max_rel_err, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+      return v;
+    }();
+    std::vector<json> gathered = gather_json(mine, ctx.place().tp_rank == 0);
+    if (rank == 0) {
+      std::vector<json> results;
+      for (json& part : gathered) {
+        for (json& r : part) {
+          results.push_back(std::move(r));
+        }
+      }
+      print_and_write(opt, std::move(results), ctx, worst_err);
+    }
+  } catch (const std::exception& e) {
+    const int failure = exit_code_for(e);
+    fmt::print(stderr, "flashcomm: error on rank {}: {}\n", rank, e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, failure);
+    return failure;
+  }
+  return kExitOk;
+}
+
+}  // namespace flashcomm::cli

@@ -1,0 +1,45 @@
+// Greedy generation on top of the engine's prefill and decode passes.
+#include <chrono>
+
+#include "flashcomm/engine.hpp"
+#include "flashcomm/error.hpp"
+#include "flashcomm/kernels.hpp"
+#include "flashcomm/tokenizer.hpp"
+
+namespace flashcomm {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+}  // namespace
+
+Generation generate(Engine& engine, const std::vector<int>& prompt, int steps) {
+  const ModelConfig& c = engine.weights().config;
+  FC_ASSERT(!prompt.empty(), "a prompt holds at least BOS");
+  check_prompt_fits(c, static_cast<int>(prompt.size()));
+  Generation g;
+
+  auto start = std::chrono::steady_clock::now();
+  std::vector<float> logits = engine.prefill(prompt);
+  g.prefill_seconds = seconds_since(start);
+  g.prefill_logits = logits;
+
+  start = std::chrono::steady_clock::now();
+  for (int step = 0; step < steps; ++step) {
+    const int next = kernels::argmax(logits.data(), c.vocab_size);
+    if (next == Tokenizer::kBos) {
+      break;
+    }
+    g.tokens.push_back(next);
+    // The new token is returned even when the context has no room to run it.
+    if (step + 1 == steps || engine.position() >= c.seq_len) {
+      break;
+    }
+    logits = engine.decode(next);
+  }
+  g.decode_seconds = seconds_since(start);
+  return g;
+}
+
+}  // namespace flashcomm

@@ -1,0 +1,62 @@
+#include "test_support.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace flashcomm::test {
+
+std::string model_file(const std::string& relative) {
+  const std::filesystem::path path = std::filesystem::path(FLASHCOMM_MODELS_DIR) / relative;
+  if (!std::filesystem::exists(path)) {
+    throw std::runtime_error(fmt::format(
+        "test data {} is missing: the models must lie in ../shared/models beside the checkout",
+        path.string()));
+  }
+  return path.string();
+}
+
+std::string stories_checkpoint() { return model_file("stories260K/stories260K.bin"); }
+std::string stories_checkpoint_v1() { return model_file("stories260K/stories260K-v1.bin"); }
+std::string stories_tokenizer() { return model_file("stories260K/tok512.bin"); }
+
+std::string flashcomm_binary() { return FLASHCOMM_BINARY; }
+
+std::vector<ModelConfig> random_test_configs() {
+  ModelConfig a;
+  a.d_model = 40;
+  a.hidden_dim = 72;
+  a.n_layers = 2;
+  a.n_heads = 6;
+  a.n_kv_heads = 3;
+  a.head_dim = 12;
+  a.vocab_size = 97;
+  a.seq_len = 64;
+  a.shared_classifier = false;
+
+  ModelConfig b = a;
+  b.d_model = 48;
+  b.hidden_dim = 64;
+  b.n_layers = 3;
+  b.n_heads = 8;
+  b.n_kv_heads = 1;
+  b.head_dim = 4;
+  b.vocab_size = 61;
+  b.rope_theta = 500000.0F;
+  return {a, b};
+}
+
+std::string temp_dir(const std::string& tag) {
+  std::string pattern =
+      (std::filesystem::temp_directory_path() / ("flashcomm-" + tag + "-XXXXXX")).string();
+  if (mkdtemp(pattern.data()) == nullptr) {
+    throw std::runtime_error("mkdtemp failed for " + pattern);
+  }
+  return pattern;
+}
+
+}  // namespace flashcomm::test

@@ -1,0 +1,31 @@
+// Shared helpers of the test suite.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "flashcomm/model.hpp"
+
+namespace flashcomm::test {
+
+// Path of a file under ../shared/models; throws (failing the test loudly)
+// when it does not exist, so a missing model is never a silent skip.
+std::string model_file(const std::string& relative);
+
+std::string stories_checkpoint();     // stories260K/stories260K.bin (legacy layout)
+std::string stories_checkpoint_v1();  // stories260K/stories260K-v1.bin ("ak42")
+std::string stories_tokenizer();      // stories260K/tok512.bin
+
+// The flashcomm command-line binary built beside the tests.
+std::string flashcomm_binary();
+
+// Small random models with shapes unlike stories260K, separate classifiers
+// and q_dim != d_model:
+//   [0] n_heads 6, n_kv_heads 3, head_dim 12, d_model 40: TP 1, 3, 6 (6 replicates KV)
+//   [1] n_heads 8, n_kv_heads 1 (multi-query), head_dim 4, d_model 48: TP 1, 2, 4, 8
+std::vector<ModelConfig> random_test_configs();
+
+// A fresh temporary directory, removed by the caller if it wishes.
+std::string temp_dir(const std::string& tag);
+
+}  // namespace flashcomm::test

@@ -1,0 +1,254 @@
+// End-to-end tests of `flashcomm run`: the golden story, self-launch and
+// mpiexec launch, the JSON report, DP replicas, and every bad configuration
+// ending with its message once, a non-zero exit and no hang.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include <nlohmann/json.hpp>
+
+#include "flashcomm/model.hpp"
+#include "test_support.hpp"
+
+namespace flashcomm {
+namespace {
+
+struct Outcome {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+// Runs a shell command line under a hard time limit (a hang fails the test
+// with exit code 124 instead of blocking the suite).
+Outcome shell(const std::string& command, int timeout_s = 180) {
+  const std::string line =
+      fmt::format("timeout -k 5 {} {} 2>&1", timeout_s, command);
+  Outcome out;
+  FILE* pipe = popen(line.c_str(), "r");
+  if (pipe == nullptr) {
+    ADD_FAILURE() << "popen failed for " << line;
+    return out;
+  }
+  char buf[4096];
+  size_t n = 0;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) {
+    out.output.append(buf, n);
+  }
+  const int status = pclose(pipe);
+  out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return out;
+}
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) {
+    q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  }
+  return q + "'";
+}
+
+std::string flashcomm(const std::string& args) { return quote(test::flashcomm_binary()) + " " + args; }
+
+std::string stories_args() {
+  return fmt::format("run --model {} --tokenizer {}", quote(test::stories_checkpoint()),
+                     quote(test::stories_tokenizer()));
+}
+
+std::string mpiexec_prefix(int n) {
+  const bool root = geteuid() == 0;
+  return fmt::format("mpiexec {}--oversubscribe --bind-to none -n {} ",
+                     root ? "--allow-run-as-root " : "", n);
+}
+
+// The opening the model's README quotes, whitespace-insensitive.
+const char* kGoldenStory =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+    "park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.";
+
+std::string squash_spaces(const std::string& s) {
+  return std::regex_replace(s, std::regex("\\s+"), " ");
+}
+
+size_t count(const std::string& haystack, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = haystack.find(needle); at != std::string::npos;
+       at = haystack.find(needle, at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+void expect_golden(const Outcome& o) {
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  EXPECT_EQ(squash_spaces(o.output).rfind(kGoldenStory, 0), 0U)
+      << "the output does not start with the golden story:\n"
+      << o.output;
+}
+
+TEST(Cli, GoldenStoryOnOneRank) { expect_golden(shell(flashcomm(stories_args() + " --steps 200"))); }
+
+TEST(Cli, GoldenStorySelfLaunchedFlashComm1AndFlashComm2) {
+  const Outcome o =
+      shell(flashcomm(stories_args() + " --steps 200 --tp 4 --flashcomm1 --flashcomm2 2"));
+  expect_golden(o);
+  EXPECT_NE(o.output.find("all_to_all"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("otp"), std::string::npos) << o.output;
+}
+
+TEST(Cli, GoldenStoryUnderMpiexec) {
+  const Outcome o = shell(mpiexec_prefix(4) +
+                          flashcomm(stories_args() + " --steps 200 --tp 4 --flashcomm2 1"));
+  expect_golden(o);
+}
+
+nlohmann::json run_json(const std::string& extra, const std::string& tag) {
+  const std::string path = test::temp_dir(tag) + "/report.json";
+  const Outcome o = shell(flashcomm(stories_args() + " --json " + quote(path) + " " + extra));
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  std::ifstream file(path);
+  if (!file) {
+    ADD_FAILURE() << "no JSON report at " << path << "\n" << o.output;
+    return {};
+  }
+  return nlohmann::json::parse(file);
+}
+
+TEST(Cli, JsonReportHasEveryFieldAndTheCheck) {
+  const auto single = run_json("--prompt 'Lily had a cat' --steps 40", "json1");
+  const auto sharded =
+      run_json("--prompt 'Lily had a cat' --steps 40 --tp 2 --flashcomm1 --flashcomm2 1 --check",
+               "json2");
+  ASSERT_TRUE(sharded.contains("prefill"));
+  for (const char* key : {"prompt_tokens", "generated_tokens", "text", "prefill", "decode", "check"}) {
+    EXPECT_TRUE(sharded.contains(key)) << key;
+  }
+  EXPECT_EQ(sharded["generated_tokens"], single["generated_tokens"]);
+  EXPECT_EQ(sharded["prompt_tokens"], single["prompt_tokens"]);
+  EXPECT_EQ(sharded["prompt_tokens"][0], 1) << "BOS first";
+  EXPECT_EQ(sharded["generated_tokens"].size(), 40U);
+  EXPECT_LT(sharded["check"]["max_rel_err"].get<double>(), 1e-4);
+  EXPECT_GT(sharded["prefill"]["seconds"].get<double>(), 0.0);
+  std::set<std::string> prefill_ops;
+  for (const auto& r : sharded["prefill"]["comm"]) {
+    prefill_ops.insert(r["op"].get<std::string>() + "/" + r["group"].get<std::string>());
+    EXPECT_GT(r["calls"].get<int>(), 0);
+    EXPECT_GT(r["bytes_sent"].get<long>(), 0);
+  }
+  EXPECT_EQ(prefill_ops, (std::set<std::string>{"all_gather/tp", "all_to_all/tp",
+                                                "reduce_scatter/tp"}));
+  ASSERT_EQ(sharded["decode"]["comm"].size(), 1U) << "decode runs plain TP";
+  EXPECT_EQ(sharded["decode"]["comm"][0]["op"], "all_reduce");
+  // Two AllReduces per layer per decode step.
+  EXPECT_EQ(sharded["decode"]["comm"][0]["calls"], 2 * 5 * 39);
+}
+
+TEST(Cli, DataParallelReplicasServeTheirOwnPrompts) {
+  const auto a = run_json("--prompt 'The dog' --steps 20", "dpa");
+  const auto b = run_json("--prompt 'A small bird' --steps 20", "dpb");
+  const auto both =
+      run_json("--prompt 'The dog' --prompt 'A small bird' --steps 20 --dp 2 --tp 2", "dpab");
+  ASSERT_EQ(both["requests"].size(), 2U);
+  EXPECT_EQ(both["requests"][0]["dp_rank"], 0);
+  EXPECT_EQ(both["requests"][1]["dp_rank"], 1);
+  EXPECT_EQ(both["requests"][0]["generated_tokens"], a["generated_tokens"]);
+  EXPECT_EQ(both["requests"][1]["generated_tokens"], b["generated_tokens"]);
+}
+
+// A bad configuration: its message exactly once, the expected exit code, no hang.
+void expect_refused(const std::string& command, int code, const std::string& message) {
+  const Outcome o = shell(command, 60);
+  EXPECT_EQ(o.exit_code, code) << command << "\n" << o.output;
+  EXPECT_EQ(count(o.output, message), 1U) << command << "\n" << o.output;
+}
+
+TEST(Cli, BadLayoutsAreRefusedOnce) {
+  expect_refused(flashcomm(stories_args() + " --tp 4 --flashcomm2 3"), 2,
+                 "--flashcomm2 3 must divide the tensor-parallel size 4");
+  expect_refused(flashcomm(stories_args() + " --tp 4 --flashcomm2 4"), 2,
+                 "--flashcomm2 4 must be smaller than the tensor-parallel size 4");
+  expect_refused(flashcomm(stories_args() + " --flashcomm2 1"), 2,
+                 "--flashcomm2 1 needs a tensor-parallel size above 1, but --tp is 1");
+  expect_refused(flashcomm(stories_args() + " --tp 3"), 2,
+                 "--tp 3 must divide the model's n_heads 8");
+  expect_refused(flashcomm(stories_args() + " --tp 8"), 2,
+                 "--tp 8 must divide the model's hidden_dim 172");
+}
+
+TEST(Cli, BadLayoutsUnderMpiexecAreRefusedOnceOnEveryRank) {
+  expect_refused(mpiexec_prefix(4) + flashcomm(stories_args() + " --tp 4 --flashcomm2 3"), 2,
+                 "--flashcomm2 3 must divide the tensor-parallel size 4");
+  expect_refused(mpiexec_prefix(3) + flashcomm(stories_args() + " --tp 2"), 2,
+                 "the job has 3 ranks but --dp 1 x --tp 2 needs 2");
+}
+
+TEST(Cli, KvHeadsThatNeitherShardNorReplicateAreRefused) {
+  ModelConfig c;
+  c.d_model = 48;
+  c.hidden_dim = 96;
+  c.n_layers = 1;
+  c.n_heads = 6;
+  c.n_kv_heads = 4;
+  c.head_dim = 8;
+  c.vocab_size = 512;
+  c.seq_len = 32;
+  const std::string path = test::temp_dir("kv") + "/model.bin";
+  save_llama2c(random_weights(c, 7), path, 1);
+  expect_refused(flashcomm(fmt::format("run --model {} --tokenizer {} --tp 3", quote(path),
+                                       quote(test::stories_tokenizer()))),
+                 2,
+                 "--tp 3 must divide the model's n_kv_heads 4 (to shard them) or be a multiple "
+                 "of it (to replicate them)");
+}
+
+TEST(Cli, PromptLongerThanTheContextIsRefused) {
+  std::string long_prompt;
+  for (int i = 0; i < 300; ++i) {
+    long_prompt += "the cat sat. ";
+  }
+  const Outcome o = shell(flashcomm(stories_args() + " --tp 2 --prompt " + quote(long_prompt)), 60);
+  EXPECT_EQ(o.exit_code, 2) << o.output;
+  EXPECT_EQ(count(o.output, "but the model's context (seq_len) is 512"), 1U) << o.output;
+}
+
+TEST(Cli, BadFlagsAndFiles) {
+  EXPECT_EQ(shell(flashcomm(stories_args() + " --no-such-flag")).exit_code, 2);
+  const Outcome nan = shell(flashcomm(stories_args() + " --tp abc"));
+  EXPECT_EQ(nan.exit_code, 2);
+  EXPECT_NE(nan.output.find("abc"), std::string::npos) << nan.output;
+  const Outcome steps = shell(flashcomm(stories_args() + " --steps -1"));
+  EXPECT_EQ(steps.exit_code, 2);
+  EXPECT_NE(steps.output.find("--steps -1 must be 0 or more"), std::string::npos) << steps.output;
+  const Outcome missing = shell(flashcomm("run --model /no/such/model.bin --tokenizer " +
+                                          quote(test::stories_tokenizer()) + " --tp 2"));
+  EXPECT_EQ(missing.exit_code, 3) << missing.output;
+  EXPECT_EQ(count(missing.output, "/no/such/model.bin"), 1U) << missing.output;
+}
+
+TEST(Cli, StopsAtTheContextEnd) {
+  ModelConfig c;
+  c.d_model = 16;
+  c.hidden_dim = 32;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.n_kv_heads = 2;
+  c.head_dim = 8;
+  c.vocab_size = 512;
+  c.seq_len = 10;
+  const std::string dir = test::temp_dir("ctx");
+  save_llama2c(random_weights(c, 3), dir + "/model.bin", 0);
+  const Outcome o = shell(flashcomm(fmt::format(
+      "run --model {} --tokenizer {} --steps 100 --json {}", quote(dir + "/model.bin"),
+      quote(test::stories_tokenizer()), quote(dir + "/r.json"))));
+  ASSERT_EQ(o.exit_code, 0) << o.output;
+  std::ifstream file(dir + "/r.json");
+  const auto report = nlohmann::json::parse(file);
+  // Unless the random model emits BOS, the context of 10 holds BOS + 9 new tokens.
+  EXPECT_LE(report["generated_tokens"].size(), 9U);
+}
+
+}  // namespace
+}  // namespace flashcomm
