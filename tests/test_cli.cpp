@@ -2,12 +2,15 @@
 // mpiexec launch, the JSON report, DP replicas, and every bad configuration
 // ending with its message once, a non-zero exit and no hang.
 #include <gtest/gtest.h>
+#include <fmt/format.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -190,17 +193,17 @@ TEST(Cli, KvHeadsThatNeitherShardNorReplicateAreRefused) {
   c.d_model = 48;
   c.hidden_dim = 96;
   c.n_layers = 1;
-  c.n_heads = 6;
+  c.n_heads = 12;
   c.n_kv_heads = 4;
-  c.head_dim = 8;
+  c.head_dim = 4;
   c.vocab_size = 512;
   c.seq_len = 32;
   const std::string path = test::temp_dir("kv") + "/model.bin";
   save_llama2c(random_weights(c, 7), path, 1);
-  expect_refused(flashcomm(fmt::format("run --model {} --tokenizer {} --tp 3", quote(path),
+  expect_refused(flashcomm(fmt::format("run --model {} --tokenizer {} --tp 6", quote(path),
                                        quote(test::stories_tokenizer()))),
                  2,
-                 "--tp 3 must divide the model's n_kv_heads 4 (to shard them) or be a multiple "
+                 "--tp 6 must divide the model's n_kv_heads 4 (to shard them) or be a multiple "
                  "of it (to replicate them)");
 }
 

@@ -133,12 +133,12 @@ TEST(Layout, Padding) {
   for (int tp = 1; tp <= 8; ++tp) {
     EXPECT_EQ(padded_tokens(1, tp), tp);
     EXPECT_EQ(padded_tokens(tp, tp), tp);
-    if (tp > 1) {
-      EXPECT_EQ(padded_tokens(tp - 1, tp), tp);
-    }
     EXPECT_EQ(padded_tokens(tp + 1, tp), 2 * tp);
     EXPECT_EQ(padded_tokens(0, tp), tp);
-    EXPECT_EQ(padded_tokens(5 * tp + 3, tp), 6 * tp);
+    if (tp > 1) {
+      EXPECT_EQ(padded_tokens(tp - 1, tp), tp);
+      EXPECT_EQ(padded_tokens(5 * tp + 1, tp), 6 * tp);
+    }
   }
 }
 

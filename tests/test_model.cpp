@@ -263,7 +263,7 @@ TEST(Llama2cTest, SavingStoriesReproducesBothFiles) {
   const Bytes written = read_bytes(dir.file("v0.bin"));
   const Bytes original = read_bytes(test::stories_checkpoint());
   ASSERT_EQ(written.size(), original.size());
-  const size_t table_bytes = 2 * 512 * (8 / 2) * sizeof(float);
+  const size_t table_bytes = size_t{2} * 512 * (8 / 2) * sizeof(float);
   const size_t tables_at = original.size() - table_bytes;
   EXPECT_TRUE(std::equal(written.begin(), written.begin() + tables_at, original.begin()));
   std::vector<float> ours(table_bytes / sizeof(float));
@@ -389,7 +389,7 @@ std::string load_error(const TempDir& dir, const Bytes& bytes) {
   const std::string path = dir.file("bad.bin");
   write_bytes(path, bytes);
   const std::string config_message = format_error_of([&] { read_llama2c_config(path); });
-  const std::string message = format_error_of([&] { load_llama2c(path); });
+  std::string message = format_error_of([&] { load_llama2c(path); });
   EXPECT_EQ(message, config_message);
   EXPECT_NE(message.find(path), std::string::npos) << message;
   return message;

@@ -161,6 +161,7 @@ TEST(TokenizerTest, EncodingIsGreedyByScore) {
   // the merge loop only stops when none is left.
   const Tokenizer tok = stories();
   std::vector<std::string> all_pieces;
+  all_pieces.reserve(static_cast<size_t>(tok.vocab_size()));
   for (int id = 0; id < tok.vocab_size(); ++id) {
     all_pieces.push_back(tok.piece(id));
   }

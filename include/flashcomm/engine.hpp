@@ -71,14 +71,16 @@ class Engine {
 };
 
 // Greedy generation: prefill, then up to `steps` new tokens; stops before BOS
-// (which ends a story and is not returned) or when the context is full.
+// (which ends a story and is not returned; unless `stop_at_bos` is false) or
+// when the context is full.
 struct Generation {
   std::vector<int> tokens;            // the new tokens
   std::vector<float> prefill_logits;  // [vocab_size] of the prompt's last position
   double prefill_seconds = 0.0;
   double decode_seconds = 0.0;
 };
-Generation generate(Engine& engine, const std::vector<int>& prompt, int steps);
+Generation generate(Engine& engine, const std::vector<int>& prompt, int steps,
+                    bool stop_at_bos = true);
 
 // max_i |got_i - expected_i| / max_i |expected_i|: the error relative to the
 // scale of the expected values (an elementwise ratio explodes near zero).

@@ -14,7 +14,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }
 }  // namespace
 
-Generation generate(Engine& engine, const std::vector<int>& prompt, int steps) {
+Generation generate(Engine& engine, const std::vector<int>& prompt, int steps, bool stop_at_bos) {
   const ModelConfig& c = engine.weights().config;
   FC_ASSERT(!prompt.empty(), "a prompt holds at least BOS");
   check_prompt_fits(c, static_cast<int>(prompt.size()));
@@ -28,7 +28,7 @@ Generation generate(Engine& engine, const std::vector<int>& prompt, int steps) {
   start = std::chrono::steady_clock::now();
   for (int step = 0; step < steps; ++step) {
     const int next = kernels::argmax(logits.data(), c.vocab_size);
-    if (next == Tokenizer::kBos) {
+    if (stop_at_bos && next == Tokenizer::kBos) {
       break;
     }
     g.tokens.push_back(next);

@@ -33,7 +33,7 @@ static_assert(std::endian::native == std::endian::little,
 static_assert(sizeof(float) == 4);
 
 constexpr std::uint32_t kMagicV1 = 0x616b3432;  // "ak42" read as a little-endian uint32
-constexpr std::int64_t kLegacyHeaderBytes = 7 * 4;
+constexpr std::int64_t kLegacyHeaderBytes = std::int64_t{7} * 4;
 constexpr std::int64_t kV1HeaderBytes = 256;
 constexpr std::int64_t kV1ParamsOffset = 8;  // after magic and version
 constexpr std::int64_t kV1SharedOffset = 8 + 7 * 4;  // the shared_classifier byte
@@ -45,9 +45,9 @@ template <typename Weights>  // ModelWeights (reading) or const ModelWeights (wr
 struct TensorSlot {
   using Tensor =
       std::conditional_t<std::is_const_v<Weights>, const std::vector<float>, std::vector<float>>;
-  Tensor* tensor;  // nullptr: a legacy RoPE table, skipped on read, computed on write
+  Tensor* tensor = nullptr;  // nullptr: a legacy RoPE table, skipped on read, computed on write
   std::string name;
-  std::int64_t floats;
+  std::int64_t floats = 0;
 };
 
 // `weights.layers` must already hold config.n_layers entries.
