@@ -1,8 +1,8 @@
 // End-to-end tests of `flashcomm run`: the golden story, self-launch and
 // mpiexec launch, the JSON report, DP replicas, and every bad configuration
 // ending with its message once, a non-zero exit and no hang.
-#include <gtest/gtest.h>
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,8 +28,7 @@ struct Outcome {
 // Runs a shell command line under a hard time limit (a hang fails the test
 // with exit code 124 instead of blocking the suite).
 Outcome shell(const std::string& command, int timeout_s = 180) {
-  const std::string line =
-      fmt::format("timeout -k 5 {} {} 2>&1", timeout_s, command);
+  const std::string line = fmt::format("timeout -k 5 {} {} 2>&1", timeout_s, command);
   Outcome out;
   FILE* pipe = popen(line.c_str(), "r");
   if (pipe == nullptr) {
@@ -54,7 +53,9 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
-std::string flashcomm(const std::string& args) { return quote(test::flashcomm_binary()) + " " + args; }
+std::string flashcomm(const std::string& args) {
+  return quote(test::flashcomm_binary()) + " " + args;
+}
 
 std::string stories_args() {
   return fmt::format("run --model {} --tokenizer {}", quote(test::stories_checkpoint()),
@@ -92,7 +93,9 @@ void expect_golden(const Outcome& o) {
       << o.output;
 }
 
-TEST(Cli, GoldenStoryOnOneRank) { expect_golden(shell(flashcomm(stories_args() + " --steps 200"))); }
+TEST(Cli, GoldenStoryOnOneRank) {
+  expect_golden(shell(flashcomm(stories_args() + " --steps 200")));
+}
 
 TEST(Cli, GoldenStorySelfLaunchedFlashComm1AndFlashComm2) {
   const Outcome o =
@@ -103,8 +106,8 @@ TEST(Cli, GoldenStorySelfLaunchedFlashComm1AndFlashComm2) {
 }
 
 TEST(Cli, GoldenStoryUnderMpiexec) {
-  const Outcome o = shell(mpiexec_prefix(4) +
-                          flashcomm(stories_args() + " --steps 200 --tp 4 --flashcomm2 1"));
+  const Outcome o =
+      shell(mpiexec_prefix(4) + flashcomm(stories_args() + " --steps 200 --tp 4 --flashcomm2 1"));
   expect_golden(o);
 }
 
@@ -122,11 +125,11 @@ nlohmann::json run_json(const std::string& extra, const std::string& tag) {
 
 TEST(Cli, JsonReportHasEveryFieldAndTheCheck) {
   const auto single = run_json("--prompt 'Lily had a cat' --steps 40", "json1");
-  const auto sharded =
-      run_json("--prompt 'Lily had a cat' --steps 40 --tp 2 --flashcomm1 --flashcomm2 1 --check",
-               "json2");
+  const auto sharded = run_json(
+      "--prompt 'Lily had a cat' --steps 40 --tp 2 --flashcomm1 --flashcomm2 1 --check", "json2");
   ASSERT_TRUE(sharded.contains("prefill"));
-  for (const char* key : {"prompt_tokens", "generated_tokens", "text", "prefill", "decode", "check"}) {
+  for (const char* key :
+       {"prompt_tokens", "generated_tokens", "text", "prefill", "decode", "check"}) {
     EXPECT_TRUE(sharded.contains(key)) << key;
   }
   EXPECT_EQ(sharded["generated_tokens"], single["generated_tokens"]);
@@ -141,8 +144,8 @@ TEST(Cli, JsonReportHasEveryFieldAndTheCheck) {
     EXPECT_GT(r["calls"].get<int>(), 0);
     EXPECT_GT(r["bytes_sent"].get<long>(), 0);
   }
-  EXPECT_EQ(prefill_ops, (std::set<std::string>{"all_gather/tp", "all_to_all/tp",
-                                                "reduce_scatter/tp"}));
+  EXPECT_EQ(prefill_ops,
+            (std::set<std::string>{"all_gather/tp", "all_to_all/tp", "reduce_scatter/tp"}));
   ASSERT_EQ(sharded["decode"]["comm"].size(), 1U) << "decode runs plain TP";
   EXPECT_EQ(sharded["decode"]["comm"][0]["op"], "all_reduce");
   // Two AllReduces per layer per decode step.
@@ -243,9 +246,9 @@ TEST(Cli, StopsAtTheContextEnd) {
   c.seq_len = 10;
   const std::string dir = test::temp_dir("ctx");
   save_llama2c(random_weights(c, 3), dir + "/model.bin", 0);
-  const Outcome o = shell(flashcomm(fmt::format(
-      "run --model {} --tokenizer {} --steps 100 --json {}", quote(dir + "/model.bin"),
-      quote(test::stories_tokenizer()), quote(dir + "/r.json"))));
+  const Outcome o = shell(flashcomm(
+      fmt::format("run --model {} --tokenizer {} --steps 100 --json {}", quote(dir + "/model.bin"),
+                  quote(test::stories_tokenizer()), quote(dir + "/r.json"))));
   ASSERT_EQ(o.exit_code, 0) << o.output;
   std::ifstream file(dir + "/r.json");
   const auto report = nlohmann::json::parse(file);

@@ -185,7 +185,8 @@ void expect_config_error(const ModelConfig& m, const ParallelConfig& c, int worl
 
 TEST(Layout, BadConfigurationsNameTheOptionAndValues) {
   const ModelConfig m = stories_like();
-  expect_config_error(m, layout(1, 4, 3), 4, "--flashcomm2 3 must divide the tensor-parallel size 4");
+  expect_config_error(m, layout(1, 4, 3), 4,
+                      "--flashcomm2 3 must divide the tensor-parallel size 4");
   expect_config_error(m, layout(1, 4, 4), 4,
                       "--flashcomm2 4 must be smaller than the tensor-parallel size 4");
   expect_config_error(m, layout(1, 1, 1), 1,

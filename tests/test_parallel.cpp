@@ -26,8 +26,8 @@ int world_size() {
 }
 
 std::string describe(const ParallelConfig& c) {
-  return fmt::format("dp {} tp {} flashcomm1 {} flashcomm2 {}", c.dp_size, c.tp_size,
-                     c.flashcomm1, c.flashcomm2);
+  return fmt::format("dp {} tp {} flashcomm1 {} flashcomm2 {}", c.dp_size, c.tp_size, c.flashcomm1,
+                     c.flashcomm2);
 }
 
 // Every layout of the world size the model allows: each DP x TP split, with
@@ -247,10 +247,10 @@ TEST(Parallel, FlashComm2OverFlashComm1ByteRatio) {
     const auto rs1 = ctx1.stats().bytes(Pass::prefill, CommOp::reduce_scatter, "tp");
     const auto rs2 = ctx2.stats().bytes(Pass::prefill, CommOp::reduce_scatter, "tp");
     const auto o_proj_rs = static_cast<double>(rs1 - rs2);
-    const auto a2a = static_cast<double>(ctx2.stats().bytes(Pass::prefill, CommOp::all_to_all, "tp"));
+    const auto a2a =
+        static_cast<double>(ctx2.stats().bytes(Pass::prefill, CommOp::all_to_all, "tp"));
     ASSERT_GT(o_proj_rs, 0.0);
-    EXPECT_DOUBLE_EQ(a2a / o_proj_rs,
-                     static_cast<double>(m.q_dim()) / (c.tp_size * m.d_model))
+    EXPECT_DOUBLE_EQ(a2a / o_proj_rs, static_cast<double>(m.q_dim()) / (c.tp_size * m.d_model))
         << describe(c);
   }
   if (ran == 0) {

@@ -41,9 +41,9 @@ class ParallelContext {
   CommStats stats_;
   std::unique_ptr<MpiCommunicator> tp_;
   std::unique_ptr<MpiCommunicator> dp_;
-  std::unique_ptr<MpiCommunicator> otp_;        // null unless FlashComm2 with K > 1
+  std::unique_ptr<MpiCommunicator> otp_;  // null unless FlashComm2 with K > 1
   std::unique_ptr<MpiCommunicator> odp_owned_;  // null unless FlashComm2 with K > 1
-  MpiCommunicator* odp_ = nullptr;              // odp_owned_, or tp_ when K = 1 (an alias)
+  MpiCommunicator* odp_ = nullptr;  // odp_owned_, or tp_ when K = 1 (an alias)
 };
 
 }  // namespace flashcomm

@@ -16,11 +16,11 @@ namespace flashcomm {
 // What this rank holds of one layer.
 struct ShardedLayer {
   std::vector<float> attn_norm;  // [d_model]
-  std::vector<float> w_qkv;      // [q_local + 2*kv_local, d_model]: this rank's q, k, v rows
-  std::vector<float> wo;         // [d_model, wo_cols]: o_proj columns of this rank (see below)
-  std::vector<float> ffn_norm;   // [d_model]
+  std::vector<float> w_qkv;  // [q_local + 2*kv_local, d_model]: this rank's q, k, v rows
+  std::vector<float> wo;  // [d_model, wo_cols]: o_proj columns of this rank (see below)
+  std::vector<float> ffn_norm;  // [d_model]
   std::vector<float> w_gate_up;  // [2*hidden_local, d_model]: gate rows, then up rows
-  std::vector<float> w_down;     // [d_model, hidden_local]
+  std::vector<float> w_down;  // [d_model, hidden_local]
 };
 
 // One rank's weights. o_proj holds the columns of the rank's own heads
@@ -34,8 +34,8 @@ struct ShardedWeights {
   int wo_cols = 0;
   int wo_own_col = 0;
   std::vector<float> token_embedding;  // [vocab_size, d_model], replicated
-  std::vector<float> final_norm;       // [d_model]
-  std::vector<float> output;           // [vocab_size, d_model], replicated
+  std::vector<float> final_norm;  // [d_model]
+  std::vector<float> output;  // [vocab_size, d_model], replicated
   std::vector<ShardedLayer> layers;
 };
 
@@ -74,7 +74,7 @@ class Engine {
 // (which ends a story and is not returned; unless `stop_at_bos` is false) or
 // when the context is full.
 struct Generation {
-  std::vector<int> tokens;            // the new tokens
+  std::vector<int> tokens;  // the new tokens
   std::vector<float> prefill_logits;  // [vocab_size] of the prompt's last position
   double prefill_seconds = 0.0;
   double decode_seconds = 0.0;

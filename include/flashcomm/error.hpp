@@ -53,9 +53,9 @@ namespace detail {
 
 // FC_ASSERT(cond, "fmt {}", args...): throws InternalError naming the
 // expression, file:line and the formatted values when cond is false.
-#define FC_ASSERT(cond, ...)                                                             \
-  do {                                                                                   \
-    if (!(cond)) {                                                                       \
+#define FC_ASSERT(cond, ...)                                                                   \
+  do {                                                                                         \
+    if (!(cond)) {                                                                             \
       ::flashcomm::detail::assert_failed(#cond, __FILE__, __LINE__, fmt::format(__VA_ARGS__)); \
-    }                                                                                    \
+    }                                                                                          \
   } while (false)

@@ -21,7 +21,7 @@ struct ParallelConfig {
   int dp_size = 1;
   int tp_size = 1;
   bool flashcomm1 = false;  // sequence parallelism around the norms
-  int flashcomm2 = 0;       // o_proj tensor-parallel size K; 0 = FlashComm2 off
+  int flashcomm2 = 0;  // o_proj tensor-parallel size K; 0 = FlashComm2 off
 
   bool flashcomm2_on() const { return flashcomm2 > 0; }
   int otp_size() const { return flashcomm2; }
@@ -68,8 +68,7 @@ HeadShard head_shard(const ModelConfig& model, int tp_size, int tp_rank);
 // Throws ConfigError, naming the option and the values, when the layout
 // cannot run the model. `world_size` < 0 skips the world-size check (used
 // before ranks are launched).
-void check_parallel_config(const ModelConfig& model, const ParallelConfig& config,
-                           int world_size);
+void check_parallel_config(const ModelConfig& model, const ParallelConfig& config, int world_size);
 
 // Throws ConfigError when n_prompt_tokens (BOS included) exceeds the context.
 void check_prompt_fits(const ModelConfig& model, int n_prompt_tokens);

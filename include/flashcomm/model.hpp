@@ -45,22 +45,22 @@ void check_config(const ModelConfig& config, const std::string& source);
 
 struct LayerWeights {
   std::vector<float> attn_norm;  // [d_model]
-  std::vector<float> wq;         // [q_dim, d_model]
-  std::vector<float> wk;         // [kv_dim, d_model]
-  std::vector<float> wv;         // [kv_dim, d_model]
-  std::vector<float> wo;         // [d_model, q_dim]   (o_proj)
-  std::vector<float> ffn_norm;   // [d_model]
-  std::vector<float> w_gate;     // [hidden_dim, d_model]   (llama2.c w1)
-  std::vector<float> w_down;     // [d_model, hidden_dim]   (llama2.c w2)
-  std::vector<float> w_up;       // [hidden_dim, d_model]   (llama2.c w3)
+  std::vector<float> wq;  // [q_dim, d_model]
+  std::vector<float> wk;  // [kv_dim, d_model]
+  std::vector<float> wv;  // [kv_dim, d_model]
+  std::vector<float> wo;  // [d_model, q_dim]   (o_proj)
+  std::vector<float> ffn_norm;  // [d_model]
+  std::vector<float> w_gate;  // [hidden_dim, d_model]   (llama2.c w1)
+  std::vector<float> w_down;  // [d_model, hidden_dim]   (llama2.c w2)
+  std::vector<float> w_up;  // [hidden_dim, d_model]   (llama2.c w3)
 };
 
 struct ModelWeights {
   ModelConfig config;
   std::vector<float> token_embedding;  // [vocab_size, d_model]
-  std::vector<LayerWeights> layers;    // [n_layers]
-  std::vector<float> final_norm;       // [d_model]
-  std::vector<float> classifier;       // [vocab_size, d_model]; empty when shared
+  std::vector<LayerWeights> layers;  // [n_layers]
+  std::vector<float> final_norm;  // [d_model]
+  std::vector<float> classifier;  // [vocab_size, d_model]; empty when shared
 
   // The output projection: the classifier, or the embedding when shared.
   const std::vector<float>& output_weight() const {

@@ -1,7 +1,7 @@
 // The flashcomm command line. Exit codes: 0 success, 1 runtime failure,
 // 2 bad flags or configuration, 3 bad file, 4 communication failure.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include "cli/options.hpp"
 #include "cli/run_command.hpp"

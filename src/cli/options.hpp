@@ -23,9 +23,9 @@ struct RunOptions {
 enum ExitCode : int {
   kExitOk = 0,
   kExitRuntime = 1,  // a failure while running (a bug or a failed library call)
-  kExitUsage = 2,    // bad flags or a configuration that cannot run
-  kExitFormat = 3,   // a file that does not hold what it claims
-  kExitComm = 4,     // a communication library failure
+  kExitUsage = 2,  // bad flags or a configuration that cannot run
+  kExitFormat = 3,  // a file that does not hold what it claims
+  kExitComm = 4,  // a communication library failure
 };
 
 }  // namespace flashcomm::cli

@@ -15,8 +15,8 @@ std::string comm_table(const std::vector<CommRecord>& records) {
   std::string out = fmt::format("  {:<15} {:<6} {:>7} {:>14} {:>10}\n", "op", "group", "calls",
                                 "bytes/rank", "seconds");
   for (const CommRecord& r : records) {
-    out += fmt::format("  {:<15} {:<6} {:>7} {:>14} {:>10.6f}\n", to_string(r.op), r.group,
-                       r.calls, r.bytes_sent, r.seconds);
+    out += fmt::format("  {:<15} {:<6} {:>7} {:>14} {:>10.6f}\n", to_string(r.op), r.group, r.calls,
+                       r.bytes_sent, r.seconds);
   }
   if (records.empty()) {
     out += "  (no collectives)\n";

@@ -207,9 +207,10 @@ void print_and_write(const RunOptions& opt, std::vector<json> results, ParallelC
   fmt::print("prefill collectives (rank 0):\n{}", comm_table(ctx.stats().records(Pass::prefill)));
   fmt::print("decode collectives (rank 0):\n{}", comm_table(ctx.stats().records(Pass::decode)));
   if (opt.check) {
-    fmt::print("check: largest relative error of the last position's logits against the "
-               "unsharded pass: {:.3e}\n",
-               max_rel_err);
+    fmt::print(
+        "check: largest relative error of the last position's logits against the "
+        "unsharded pass: {:.3e}\n",
+        max_rel_err);
   }
   std::fflush(stdout);
 
@@ -217,7 +218,9 @@ void print_and_write(const RunOptions& opt, std::vector<json> results, ParallelC
     json report = {
         {"model", opt.model},
         {"parallel",
-         {{"dp", pc.dp_size}, {"tp", pc.tp_size}, {"flashcomm1", pc.flashcomm1},
+         {{"dp", pc.dp_size},
+          {"tp", pc.tp_size},
+          {"flashcomm1", pc.flashcomm1},
           {"flashcomm2", pc.flashcomm2}}},
         {"prompt_tokens", results.at(0)["prompt_tokens"]},
         {"generated_tokens", results.at(0)["generated_tokens"]},

@@ -21,7 +21,9 @@ const char* to_string(CommOp op) {
   return "unknown";
 }
 
-const char* to_string(Pass pass) { return pass == Pass::prefill ? "prefill" : "decode"; }
+const char* to_string(Pass pass) {
+  return pass == Pass::prefill ? "prefill" : "decode";
+}
 
 std::int64_t bytes_sent(CommOp op, int n_ranks, std::int64_t buffer_bytes) {
   FC_ASSERT(n_ranks > 0, "n_ranks {}", n_ranks);
@@ -97,6 +99,8 @@ void Communicator::all_to_all(const float* in, float* out, std::size_t count) {
   timed(stats_, CommOp::all_to_all, group_, size(), floats, [&] { do_all_to_all(in, out, count); });
 }
 
-int Communicator::max_int(int value) { return do_max_int(value); }
+int Communicator::max_int(int value) {
+  return do_max_int(value);
+}
 
 }  // namespace flashcomm

@@ -17,8 +17,8 @@ void init(int world_rank, const std::string& level) {
   const spdlog::level::level_enum parsed = spdlog::level::from_str(name);
   // from_str maps every unknown name to "off"; only the word itself means off.
   if (parsed == spdlog::level::off && name != "off") {
-    throw ConfigError(fmt::format(
-        "log level '{}' is not one of trace, debug, info, warn, error, off", name));
+    throw ConfigError(
+        fmt::format("log level '{}' is not one of trace, debug, info, warn, error, off", name));
   }
   // Logs go to stderr so that stdout carries only the generated text and tables.
   const std::string logger_name = fmt::format("rank{}", world_rank);

@@ -20,13 +20,15 @@ namespace {
 
 using Buffer = std::vector<float>;
 
-size_t sz(int a, int b) { return static_cast<size_t>(a) * static_cast<size_t>(b); }
+size_t sz(int a, int b) {
+  return static_cast<size_t>(a) * static_cast<size_t>(b);
+}
 
 // The schemes one forward pass runs with.
 struct PassPlan {
   int n_tokens = 0;
-  int n_padded = 0;   // n_tokens rounded up to a multiple of tp_size
-  int n_slice = 0;    // n_padded / tp_size: tokens of one FlashComm1 slice / chunk
+  int n_padded = 0;  // n_tokens rounded up to a multiple of tp_size
+  int n_slice = 0;  // n_padded / tp_size: tokens of one FlashComm1 slice / chunk
   bool flashcomm1 = false;
   bool flashcomm2 = false;
   int n_resident() const { return flashcomm1 ? n_slice : n_tokens; }  // rows of x
@@ -47,7 +49,9 @@ std::vector<float> Engine::prefill(const std::vector<int>& tokens) {
   return forward(tokens, true);
 }
 
-std::vector<float> Engine::decode(int token) { return forward({token}, false); }
+std::vector<float> Engine::decode(int token) {
+  return forward({token}, false);
+}
 
 namespace {
 
@@ -62,8 +66,7 @@ Buffer gather_tokens(Communicator& tp, const Buffer& slice, const PassPlan& plan
 
 // Sums the partial products [n_tokens, d_model] of the TP ranks and leaves
 // this rank's slice: pads to n_padded, ReduceScatter -> [n_slice, d_model].
-Buffer reduce_scatter_tokens(Communicator& tp, Buffer partial, const PassPlan& plan,
-                             int d_model) {
+Buffer reduce_scatter_tokens(Communicator& tp, Buffer partial, const PassPlan& plan, int d_model) {
   partial.resize(sz(plan.n_padded, d_model), 0.0F);
   Buffer slice(sz(plan.n_slice, d_model));
   tp.reduce_scatter(partial.data(), slice.data(), sz(plan.n_slice, d_model));
@@ -117,8 +120,7 @@ Buffer flashcomm2_o_proj(ParallelContext& ctx, const ShardedWeights& w, const Sh
 
   // 2. o_proj block j: [rows, q_dim/K] . [d_model, q_dim/K]^T
   Buffer z(sz(rows, d));
-  kernels::matmul_wt(a.data(), w.wo_cols, lw.wo.data(), w.wo_cols, z.data(), d, rows, w.wo_cols,
-                     d);
+  kernels::matmul_wt(a.data(), w.wo_cols, lw.wo.data(), w.wo_cols, z.data(), d, rows, w.wo_cols, d);
   if (k == 1) {
     return z;
   }
@@ -162,8 +164,7 @@ std::vector<float> Engine::forward(const std::vector<int>& tokens, bool prefill)
   const int first = plan.flashcomm1 ? tp_rank * plan.n_slice : 0;
   for (int r = 0; r < n_res && first + r < n; ++r) {
     const int token = tokens[static_cast<size_t>(first + r)];
-    FC_ASSERT(token >= 0 && token < c.vocab_size, "token {} of vocabulary {}", token,
-              c.vocab_size);
+    FC_ASSERT(token >= 0 && token < c.vocab_size, "token {} of vocabulary {}", token, c.vocab_size);
     std::memcpy(&x[sz(r, d)], &w_.token_embedding[sz(token, d)], sizeof(float) * d);
   }
 
@@ -204,8 +205,8 @@ std::vector<float> Engine::forward(const std::vector<int>& tokens, bool prefill)
 
     // 4. attention [n, q_local]
     Buffer att(sz(n, q_local));
-    kernels::attention(qkv.data(), qkv_cols, kc.data(), vc.data(), kv_local, att.data(), q_local,
-                       n, pos0, w_.heads.n_q_heads, w_.heads.n_kv_heads, hd);
+    kernels::attention(qkv.data(), qkv_cols, kc.data(), vc.data(), kv_local, att.data(), q_local, n,
+                       pos0, w_.heads.n_q_heads, w_.heads.n_kv_heads, hd);
 
     // 5. o_proj
     if (plan.flashcomm2) {
@@ -220,8 +221,8 @@ std::vector<float> Engine::forward(const std::vector<int>& tokens, bool prefill)
       }
     } else {
       Buffer y(sz(n, d));
-      kernels::matmul_wt(att.data(), q_local, lw.wo.data() + w_.wo_own_col, w_.wo_cols, y.data(),
-                         d, n, q_local, d);
+      kernels::matmul_wt(att.data(), q_local, lw.wo.data() + w_.wo_own_col, w_.wo_cols, y.data(), d,
+                         n, q_local, d);
       if (plan.flashcomm1) {
         const Buffer slice = reduce_scatter_tokens(tp, std::move(y), plan, d);
         kernels::add_inplace(x.data(), slice.data(), n_res, d);
@@ -279,8 +280,8 @@ std::vector<float> Engine::forward(const std::vector<int>& tokens, bool prefill)
     final_all = gathered.data();
   }
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-  kernels::matmul_wt(final_all + sz(n - 1, d), d, w_.output.data(), d, logits.data(),
-                     c.vocab_size, 1, d, c.vocab_size);
+  kernels::matmul_wt(final_all + sz(n - 1, d), d, w_.output.data(), d, logits.data(), c.vocab_size,
+                     1, d, c.vocab_size);
   position_ += n;
   return logits;
 }

@@ -77,8 +77,7 @@ std::vector<float> ReferenceModel::step(int token) {
     }
 
     ref::rmsnorm(x.data(), lw.ffn_norm.data(), h.data(), 1, d, c.norm_eps);
-    ref::matmul_wt(h.data(), d, lw.w_gate.data(), d, gate.data(), c.hidden_dim, 1, d,
-                   c.hidden_dim);
+    ref::matmul_wt(h.data(), d, lw.w_gate.data(), d, gate.data(), c.hidden_dim, 1, d, c.hidden_dim);
     ref::matmul_wt(h.data(), d, lw.w_up.data(), d, up.data(), c.hidden_dim, 1, d, c.hidden_dim);
     ref::silu_mul(gate.data(), up.data(), c.hidden_dim, act.data(), 1, c.hidden_dim);
     ref::matmul_wt(act.data(), c.hidden_dim, lw.w_down.data(), c.hidden_dim, y.data(), d, 1,

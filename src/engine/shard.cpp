@@ -50,7 +50,8 @@ ShardedWeights shard_weights(const ModelWeights& full, const ParallelConfig& con
     s.wo_cols = q_local;
     s.wo_own_col = 0;
   }
-  const int wo_col0 = config.flashcomm2_on() ? place.odp_group * s.wo_cols : place.tp_rank * q_local;
+  const int wo_col0 =
+      config.flashcomm2_on() ? place.odp_group * s.wo_cols : place.tp_rank * q_local;
 
   s.token_embedding = full.token_embedding;
   s.final_norm = full.final_norm;

@@ -6,8 +6,7 @@
 
 namespace flashcomm {
 
-ParallelContext::ParallelContext(MPI_Comm parent, const ParallelConfig& config)
-    : config_(config) {
+ParallelContext::ParallelContext(MPI_Comm parent, const ParallelConfig& config) : config_(config) {
   int rank = 0;
   int size = 0;
   FC_CHECK_MPI(MPI_Comm_rank(parent, &rank));
@@ -25,10 +24,9 @@ ParallelContext::ParallelContext(MPI_Comm parent, const ParallelConfig& config)
   if (config.flashcomm2_on() && config.otp_size() > 1) {
     const int g = config.odp_size();
     const int k = config.otp_size();
-    otp_ = MpiCommunicator::split(parent, p.dp_rank * g + p.otp_group, p.odp_group, "otp",
-                                  &stats_);
-    odp_owned_ = MpiCommunicator::split(parent, p.dp_rank * k + p.odp_group, p.otp_group, "odp",
-                                        &stats_);
+    otp_ = MpiCommunicator::split(parent, p.dp_rank * g + p.otp_group, p.odp_group, "otp", &stats_);
+    odp_owned_ =
+        MpiCommunicator::split(parent, p.dp_rank * k + p.odp_group, p.otp_group, "odp", &stats_);
     odp_ = odp_owned_.get();
   } else if (config.flashcomm2_on()) {
     odp_ = tp_.get();
@@ -45,8 +43,12 @@ Communicator& ParallelContext::otp() {
   return *otp_;
 }
 
-MPI_Comm ParallelContext::otp_handle() const { return otp_ ? otp_->handle() : MPI_COMM_NULL; }
+MPI_Comm ParallelContext::otp_handle() const {
+  return otp_ ? otp_->handle() : MPI_COMM_NULL;
+}
 
-MPI_Comm ParallelContext::odp_handle() const { return odp_ ? odp_->handle() : MPI_COMM_NULL; }
+MPI_Comm ParallelContext::odp_handle() const {
+  return odp_ ? odp_->handle() : MPI_COMM_NULL;
+}
 
 }  // namespace flashcomm

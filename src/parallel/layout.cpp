@@ -59,8 +59,7 @@ int padded_tokens(int n_tokens, int tp_size) {
 }
 
 std::vector<int> flashcomm2_chunk_order(int tp_size, int otp_size) {
-  FC_ASSERT(otp_size > 0 && tp_size % otp_size == 0, "tp_size {} otp_size {}", tp_size,
-            otp_size);
+  FC_ASSERT(otp_size > 0 && tp_size % otp_size == 0, "tp_size {} otp_size {}", tp_size, otp_size);
   const int g = tp_size / otp_size;
   std::vector<int> order;
   for (int i = 0; i < g; ++i) {
@@ -86,8 +85,7 @@ HeadShard head_shard(const ModelConfig& model, int tp_size, int tp_rank) {
   return s;
 }
 
-void check_parallel_config(const ModelConfig& model, const ParallelConfig& config,
-                           int world_size) {
+void check_parallel_config(const ModelConfig& model, const ParallelConfig& config, int world_size) {
   const int tp = config.tp_size;
   const int k = config.flashcomm2;
   if (tp < 1) {
@@ -97,12 +95,12 @@ void check_parallel_config(const ModelConfig& model, const ParallelConfig& confi
     throw ConfigError(fmt::format("--dp {} must be at least 1", config.dp_size));
   }
   if (k < 0) {
-    throw ConfigError(fmt::format(
-        "--flashcomm2 {} must be 0 (off) or an o_proj tensor-parallel size K >= 1", k));
+    throw ConfigError(
+        fmt::format("--flashcomm2 {} must be 0 (off) or an o_proj tensor-parallel size K >= 1", k));
   }
   if (k > 0 && tp == 1) {
-    throw ConfigError(fmt::format(
-        "--flashcomm2 {} needs a tensor-parallel size above 1, but --tp is 1", k));
+    throw ConfigError(
+        fmt::format("--flashcomm2 {} needs a tensor-parallel size above 1, but --tp is 1", k));
   }
   if (k > 0 && k >= tp) {
     throw ConfigError(
@@ -128,8 +126,8 @@ void check_parallel_config(const ModelConfig& model, const ParallelConfig& confi
         fmt::format("--tp {} must divide the model's hidden_dim {}", tp, model.hidden_dim));
   }
   if (world_size >= 0 && world_size != config.world_size()) {
-    throw ConfigError(fmt::format("the job has {} ranks but --dp {} x --tp {} needs {}",
-                                  world_size, config.dp_size, tp, config.world_size()));
+    throw ConfigError(fmt::format("the job has {} ranks but --dp {} x --tp {} needs {}", world_size,
+                                  config.dp_size, tp, config.world_size()));
   }
 }
 

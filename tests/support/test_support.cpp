@@ -20,11 +20,19 @@ std::string model_file(const std::string& relative) {
   return path.string();
 }
 
-std::string stories_checkpoint() { return model_file("stories260K/stories260K.bin"); }
-std::string stories_checkpoint_v1() { return model_file("stories260K/stories260K-v1.bin"); }
-std::string stories_tokenizer() { return model_file("stories260K/tok512.bin"); }
+std::string stories_checkpoint() {
+  return model_file("stories260K/stories260K.bin");
+}
+std::string stories_checkpoint_v1() {
+  return model_file("stories260K/stories260K-v1.bin");
+}
+std::string stories_tokenizer() {
+  return model_file("stories260K/tok512.bin");
+}
 
-std::string flashcomm_binary() { return FLASHCOMM_BINARY; }
+std::string flashcomm_binary() {
+  return FLASHCOMM_BINARY;
+}
 
 std::vector<ModelConfig> random_test_configs() {
   ModelConfig a;

@@ -12,9 +12,9 @@ namespace flashcomm::test {
 // when it does not exist, so a missing model is never a silent skip.
 std::string model_file(const std::string& relative);
 
-std::string stories_checkpoint();     // stories260K/stories260K.bin (legacy layout)
+std::string stories_checkpoint();  // stories260K/stories260K.bin (legacy layout)
 std::string stories_checkpoint_v1();  // stories260K/stories260K-v1.bin ("ak42")
-std::string stories_tokenizer();      // stories260K/tok512.bin
+std::string stories_tokenizer();  // stories260K/tok512.bin
 
 // The flashcomm command-line binary built beside the tests.
 std::string flashcomm_binary();

@@ -13,10 +13,10 @@ namespace flashcomm::detail {
 [[noreturn]] void mpi_failed(int code, const char* call, const char* file, int line);
 }  // namespace flashcomm::detail
 
-#define FC_CHECK_MPI(call)                                              \
-  do {                                                                  \
-    const int fc_mpi_code_ = (call);                                    \
-    if (fc_mpi_code_ != MPI_SUCCESS) {                                  \
+#define FC_CHECK_MPI(call)                                                      \
+  do {                                                                          \
+    const int fc_mpi_code_ = (call);                                            \
+    if (fc_mpi_code_ != MPI_SUCCESS) {                                          \
       ::flashcomm::detail::mpi_failed(fc_mpi_code_, #call, __FILE__, __LINE__); \
-    }                                                                   \
+    }                                                                           \
   } while (false)

@@ -26,8 +26,8 @@ namespace {
 // MPI counts are int; a buffer beyond that is a configuration we do not split.
 int mpi_count(std::size_t count) {
   if (count > static_cast<std::size_t>(INT_MAX)) {
-    throw CommError(fmt::format("collective of {} floats exceeds MPI's int count limit {}", count,
-                                INT_MAX));
+    throw CommError(
+        fmt::format("collective of {} floats exceeds MPI's int count limit {}", count, INT_MAX));
   }
   return static_cast<int>(count);
 }
@@ -63,8 +63,7 @@ void MpiCommunicator::do_all_reduce(float* buf, std::size_t count) {
 
 // in[size*count] -> out[count], block rank() reduced.
 void MpiCommunicator::do_reduce_scatter(const float* in, float* out, std::size_t count) {
-  FC_CHECK_MPI(
-      MPI_Reduce_scatter_block(in, out, mpi_count(count), MPI_FLOAT, MPI_SUM, comm_));
+  FC_CHECK_MPI(MPI_Reduce_scatter_block(in, out, mpi_count(count), MPI_FLOAT, MPI_SUM, comm_));
 }
 
 // in[count] -> out[size*count].
