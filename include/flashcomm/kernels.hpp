@@ -39,6 +39,9 @@ void silu_mul(const float* gate, const float* up, int ld_in, float* out, int n_r
 // Index of the largest value of x[n]; the first one on ties.
 int argmax(const float* x, int n);
 
+// Threads the BLAS library may use for one GEMM in this process.
+void set_blas_threads(int n_threads);
+
 namespace reference {
 void matmul_wt(const float* x, int ldx, const float* w, int ldw, float* y, int ldy, int n_rows,
                int n_in, int n_out);

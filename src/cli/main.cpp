@@ -12,9 +12,11 @@ void add_run_options(CLI::App& run, flashcomm::cli::RunOptions& o) {
   run.add_option("--model", o.model, "llama2.c checkpoint (legacy or version-1 layout)")
       ->required();
   run.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer file")->required();
+  // One value per --prompt, so a stray word is an error, not a second request.
   run.add_option("--prompt", o.prompts,
                  "prompt text; repeat for several requests (spread over DP replicas); "
-                 "empty or absent: start from BOS alone");
+                 "empty or absent: start from BOS alone")
+      ->allow_extra_args(false);
   run.add_option("--steps", o.steps, "new tokens to generate (stops at BOS or the context end)")
       ->capture_default_str();
   run.add_option("--tp", o.parallel.tp_size, "tensor-parallel size")->capture_default_str();

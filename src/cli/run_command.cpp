@@ -10,7 +10,11 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
 #include <optional>
 
 #include <nlohmann/json.hpp>
@@ -21,6 +25,7 @@
 #include "flashcomm/context.hpp"
 #include "flashcomm/engine.hpp"
 #include "flashcomm/error.hpp"
+#include "flashcomm/kernels.hpp"
 #include "flashcomm/log.hpp"
 #include "flashcomm/model.hpp"
 #include "flashcomm/tokenizer.hpp"
@@ -61,6 +66,15 @@ struct Prepared {
 Prepared prepare(const RunOptions& opt, int world_size) {
   if (opt.steps < 0) {
     throw ConfigError(fmt::format("--steps {} must be 0 or more", opt.steps));
+  }
+  if (!opt.json_path.empty()) {
+    // Fail now, not after the whole run, when the report cannot be written.
+    const std::filesystem::path dir =
+        std::filesystem::absolute(opt.json_path).parent_path();
+    if (!std::filesystem::is_directory(dir)) {
+      throw ConfigError(
+          fmt::format("--json {}: the directory {} does not exist", opt.json_path, dir.string()));
+    }
   }
   Prepared p;
   p.config = read_llama2c_config(opt.model);
@@ -237,6 +251,25 @@ void print_and_write(const RunOptions& opt, std::vector<json> results, ParallelC
   }
 }
 
+// Ranks that share a machine share its cores: unless the user chose
+// (OPENBLAS_NUM_THREADS), each rank's GEMMs get cores / local ranks threads,
+// so that oversubscribed ranks do not also oversubscribe BLAS threads.
+void share_cores_among_local_ranks() {
+  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr) {
+    return;
+  }
+  MPI_Comm local = MPI_COMM_NULL;
+  FC_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
+  int local_ranks = 1;
+  FC_CHECK_MPI(MPI_Comm_size(local, &local_ranks));
+  FC_CHECK_MPI(MPI_Comm_free(&local));
+  const int cores = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
+  const int threads = std::max(1, cores / local_ranks);
+  kernels::set_blas_threads(threads);
+  log::debug("{} ranks on this machine with {} cores: {} BLAS threads per rank", local_ranks,
+             cores, threads);
+}
+
 }  // namespace
 
 int run_command(const RunOptions& opt, int argc, char** argv) {
@@ -257,6 +290,7 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
   std::string message;
   try {
     log::init(rank, opt.log_level);
+    share_cores_among_local_ranks();
     prep = prepare(opt, world_size());
     weights = load_llama2c(opt.model);
   } catch (const std::exception& e) {
@@ -271,6 +305,11 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
       fmt::print(stderr, "flashcomm: error: {}\n", message);
     }
     return worst;
+  }
+
+  if (rank == 0 && static_cast<int>(prep.requests.size()) < opt.parallel.dp_size) {
+    log::warn("{} prompt(s) for {} DP replicas: replicas {} and above stay idle",
+              prep.requests.size(), opt.parallel.dp_size, prep.requests.size());
   }
 
   // 2. serve; 3. report. A failure now may leave peers inside a collective,

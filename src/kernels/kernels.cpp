@@ -214,4 +214,9 @@ int argmax(const float* x, int n) {
   return best;
 }
 
+void set_blas_threads(int n_threads) {
+  FC_ASSERT(n_threads >= 1, "n_threads={}", n_threads);
+  openblas_set_num_threads(n_threads);
+}
+
 }  // namespace flashcomm::kernels
