@@ -9,7 +9,7 @@ packages=(
   libopenblas-dev
   libgtest-dev
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
-  clang-format
+  clang-format clang-tidy
 )
 
 missing=()

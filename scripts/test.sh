@@ -6,5 +6,6 @@ build="${BUILD_DIR:-$root/build}"
 "$root/scripts/install-deps.sh"
 "$root/scripts/build.sh"
 "$root/scripts/check-format.sh"
+"$root/scripts/check-tidy.sh"
 cd "$build"
 ctest --output-on-failure --parallel "$(nproc)" --timeout 900

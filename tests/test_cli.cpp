@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "flashcomm/engine.hpp"
 #include "flashcomm/model.hpp"
 #include "test_support.hpp"
 
@@ -112,7 +114,8 @@ TEST(Cli, GoldenStoryUnderMpiexec) {
 }
 
 nlohmann::json run_json(const std::string& extra, const std::string& tag) {
-  const std::string path = test::temp_dir(tag) + "/report.json";
+  const test::TempDir dir(tag);
+  const std::string path = dir.file("report.json");
   const Outcome o = shell(flashcomm(stories_args() + " --json " + quote(path) + " " + extra));
   EXPECT_EQ(o.exit_code, 0) << o.output;
   std::ifstream file(path);
@@ -201,7 +204,8 @@ TEST(Cli, KvHeadsThatNeitherShardNorReplicateAreRefused) {
   c.head_dim = 4;
   c.vocab_size = 512;
   c.seq_len = 32;
-  const std::string path = test::temp_dir("kv") + "/model.bin";
+  const test::TempDir dir("kv");
+  const std::string path = dir.file("model.bin");
   save_llama2c(random_weights(c, 7), path, 1);
   expect_refused(flashcomm(fmt::format("run --model {} --tokenizer {} --tp 6", quote(path),
                                        quote(test::stories_tokenizer()))),
@@ -244,16 +248,33 @@ TEST(Cli, StopsAtTheContextEnd) {
   c.head_dim = 8;
   c.vocab_size = 512;
   c.seq_len = 10;
-  const std::string dir = test::temp_dir("ctx");
-  save_llama2c(random_weights(c, 3), dir + "/model.bin", 0);
-  const Outcome o = shell(flashcomm(
-      fmt::format("run --model {} --tokenizer {} --steps 100 --json {}", quote(dir + "/model.bin"),
-                  quote(test::stories_tokenizer()), quote(dir + "/r.json"))));
+  const test::TempDir dir("ctx");
+  const ModelWeights model = random_weights(c, 3);
+  save_llama2c(model, dir.file("model.bin"), 0);
+  const Outcome o = shell(flashcomm(fmt::format(
+      "run --model {} --tokenizer {} --steps 100 --tp 2 --flashcomm1 --json {}",
+      quote(dir.file("model.bin")), quote(test::stories_tokenizer()), quote(dir.file("r.json")))));
   ASSERT_EQ(o.exit_code, 0) << o.output;
-  std::ifstream file(dir + "/r.json");
+  std::ifstream file(dir.file("r.json"));
   const auto report = nlohmann::json::parse(file);
-  // Unless the random model emits BOS, the context of 10 holds BOS + 9 new tokens.
-  EXPECT_LE(report["generated_tokens"].size(), 9U);
+
+  // The reference greedy loop: stop before BOS, or when BOS plus the new
+  // tokens fill the context of 10.
+  ReferenceModel reference(model);
+  std::vector<int> expected;
+  std::vector<float> logits = reference.step(1);
+  while (1 + static_cast<int>(expected.size()) < c.seq_len) {
+    const int next =
+        static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    if (next == 1) {
+      break;
+    }
+    expected.push_back(next);
+    if (1 + static_cast<int>(expected.size()) < c.seq_len) {
+      logits = reference.step(next);
+    }
+  }
+  EXPECT_EQ(report["generated_tokens"].get<std::vector<int>>(), expected);
 }
 
 }  // namespace

@@ -114,19 +114,6 @@ ModelConfig savable_config(bool shared) {
   return c;
 }
 
-// A temporary directory removed when the test ends.
-class TempDir {
- public:
-  TempDir() : path_(test::temp_dir("model")) {}
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
 // Legacy header offsets (int32 each): dim, hidden_dim, n_layers, n_heads,
 // n_kv_heads, vocab_size, seq_len. Version 1 puts them after magic and version.
 constexpr size_t kDim = 0;
@@ -250,7 +237,7 @@ TEST(Llama2cTest, LegacyAndVersion1LoadToBitIdenticalWeights) {
 }
 
 TEST(Llama2cTest, SavingStoriesReproducesBothFiles) {
-  TempDir dir;
+  test::TempDir dir("model");
   const ModelWeights w = load_llama2c(test::stories_checkpoint());
   save_llama2c(w, dir.file("v0.bin"), 0);
   save_llama2c(w, dir.file("v1.bin"), 1);
@@ -280,7 +267,7 @@ TEST(Llama2cTest, SavingStoriesReproducesBothFiles) {
 // Save and load round trips
 
 TEST(Llama2cTest, SaveLoadRoundTripIsBitExact) {
-  TempDir dir;
+  test::TempDir dir("model");
   for (int version : {0, 1}) {
     for (bool shared : {true, false}) {
       SCOPED_TRACE("version " + std::to_string(version) + (shared ? " shared" : " separate"));
@@ -296,7 +283,7 @@ TEST(Llama2cTest, SaveLoadRoundTripIsBitExact) {
 }
 
 TEST(Llama2cTest, SaveRejectsShapesTheFormatCannotHold) {
-  TempDir dir;
+  test::TempDir dir("model");
   // head_dim 12 * n_heads 6 != d_model 40: llama2.c has no head_dim field.
   const ModelWeights odd = random_weights(test::random_test_configs()[0], 1);
   EXPECT_THROW(save_llama2c(odd, dir.file("odd.bin"), 0), ConfigError);
@@ -385,7 +372,7 @@ TEST(RandomWeightsTest, RejectsAnInvalidConfig) {
 
 // Writes `bytes` to a fresh file and returns the FormatError message of
 // loading it (and checks that reading only the config fails the same way).
-std::string load_error(const TempDir& dir, const Bytes& bytes) {
+std::string load_error(const test::TempDir& dir, const Bytes& bytes) {
   const std::string path = dir.file("bad.bin");
   write_bytes(path, bytes);
   const std::string config_message = format_error_of([&] { read_llama2c_config(path); });
@@ -396,7 +383,7 @@ std::string load_error(const TempDir& dir, const Bytes& bytes) {
 }
 
 TEST(Llama2cTest, TruncatedFilesAreRejected) {
-  TempDir dir;
+  test::TempDir dir("model");
   for (const std::string& source : {test::stories_checkpoint(), test::stories_checkpoint_v1()}) {
     const Bytes original = read_bytes(source);
     for (size_t keep : {size_t{0}, size_t{3}, size_t{20}, size_t{100}, original.size() / 2,
@@ -414,7 +401,7 @@ TEST(Llama2cTest, TruncatedFilesAreRejected) {
 }
 
 TEST(Llama2cTest, ExtraBytesAreRejected) {
-  TempDir dir;
+  test::TempDir dir("model");
   for (const std::string& source : {test::stories_checkpoint(), test::stories_checkpoint_v1()}) {
     Bytes bytes = read_bytes(source);
     bytes.insert(bytes.end(), 4, '\0');
@@ -424,7 +411,7 @@ TEST(Llama2cTest, ExtraBytesAreRejected) {
 }
 
 TEST(Llama2cTest, BadHeaderFieldsAreRejectedBeforeAllocating) {
-  TempDir dir;
+  test::TempDir dir("model");
   const Bytes legacy = read_bytes(test::stories_checkpoint());
   const Bytes v1 = read_bytes(test::stories_checkpoint_v1());
   struct Case {
@@ -461,7 +448,7 @@ TEST(Llama2cTest, BadHeaderFieldsAreRejectedBeforeAllocating) {
 }
 
 TEST(Llama2cTest, BadVersion1HeadersAreRejected) {
-  TempDir dir;
+  test::TempDir dir("model");
   const Bytes v1 = read_bytes(test::stories_checkpoint_v1());
 
   Bytes bytes = v1;
@@ -487,7 +474,7 @@ TEST(Llama2cTest, BadVersion1HeadersAreRejected) {
 }
 
 TEST(Llama2cTest, MissingFileIsAFormatErrorNamingThePath) {
-  TempDir dir;
+  test::TempDir dir("model");
   const std::string path = dir.file("does-not-exist.bin");
   for (const auto& f : std::vector<std::function<void()>>{[&] { load_llama2c(path); },
                                                           [&] { read_llama2c_config(path); }}) {

@@ -69,18 +69,6 @@ std::string format_error_of(const std::function<void()>& f) {
   return {};
 }
 
-class TempDir {
- public:
-  TempDir() : path_(test::temp_dir("tokenizer")) {}
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
 Tokenizer stories() {
   return Tokenizer::load(test::stories_tokenizer(), kStoriesVocab);
 }
@@ -225,7 +213,7 @@ TEST(TokenizerTest, DecodeRejectsOutOfRangeIds) {
 // Merge rule on hand-made vocabularies
 
 TEST(TokenizerTest, MergesTheBestScoringPairFirstAndTheFirstPairOnATie) {
-  TempDir dir;
+  test::TempDir dir("tokenizer");
   const std::string path = dir.file("tiny.bin");
   auto encode_with = [&](float score_space_a, float score_ab) {
     write_bytes(path, tokenizer_bytes(5, {{"<unk>", 0},
@@ -244,7 +232,7 @@ TEST(TokenizerTest, MergesTheBestScoringPairFirstAndTheFirstPairOnATie) {
 }
 
 TEST(TokenizerTest, ByteFallbackBeyondASmallVocabularyIsAFormatError) {
-  TempDir dir;
+  test::TempDir dir("tokenizer");
   const std::string path = dir.file("tiny.bin");
   write_bytes(path, tokenizer_bytes(1, {{"u", 0}, {"s", 0}, {"e", 0}, {" ", 0}, {"a", 0}}));
   const Tokenizer tok = Tokenizer::load(path, 5);
@@ -256,7 +244,7 @@ TEST(TokenizerTest, ByteFallbackBeyondASmallVocabularyIsAFormatError) {
 // Corrupt files
 
 TEST(TokenizerTest, TruncatedFilesAreRejected) {
-  TempDir dir;
+  test::TempDir dir("tokenizer");
   const std::string path = dir.file("tok.bin");
   const Bytes original = read_bytes(test::stories_tokenizer());
   for (size_t keep :
@@ -283,7 +271,7 @@ TEST(TokenizerTest, VocabularySizeMustMatchTheFile) {
 }
 
 TEST(TokenizerTest, BadEntriesAreRejectedNamingTheEntry) {
-  TempDir dir;
+  test::TempDir dir("tokenizer");
   const std::string path = dir.file("tok.bin");
   const std::vector<std::pair<std::string, float>> good = {{"a", 0}, {"bb", 0}, {"ccc", 0}};
   // Replaces the length field of entry 1 ("bb").
@@ -323,7 +311,7 @@ TEST(TokenizerTest, BadEntriesAreRejectedNamingTheEntry) {
 }
 
 TEST(TokenizerTest, MissingFileIsAFormatErrorNamingThePath) {
-  TempDir dir;
+  test::TempDir dir("tokenizer");
   const std::string path = dir.file("missing.bin");
   const std::string message = format_error_of([&] { Tokenizer::load(path, kStoriesVocab); });
   EXPECT_NE(message.find(path), std::string::npos) << message;

@@ -1,7 +1,7 @@
 // The flashcomm command line. Exit codes: 0 success, 1 runtime failure,
 // 2 bad flags or configuration, 3 bad file, 4 communication failure.
-#include <fmt/format.h>
 #include <CLI/CLI.hpp>
+#include <cstdio>
 
 #include "cli/options.hpp"
 #include "cli/run_command.hpp"
@@ -34,9 +34,7 @@ void add_run_options(CLI::App& run, flashcomm::cli::RunOptions& o) {
                  "trace, debug, info, warn, error or off (default: $FLASHCOMM_LOG_LEVEL or warn)");
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int flashcomm_main(int argc, char** argv) {
   CLI::App app{"flashcomm: communication-efficient tensor-parallel LLM inference"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "flashcomm 0.1.0");
@@ -50,11 +48,19 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? 0 : flashcomm::cli::kExitUsage;
   }
+  return flashcomm::cli::run_command(run_options, argc, argv);
+}
 
+}  // namespace
+
+int main(int argc, char** argv) {
   try {
-    return flashcomm::cli::run_command(run_options, argc, argv);
+    return flashcomm_main(argc, argv);
   } catch (const std::exception& e) {
-    fmt::print(stderr, "flashcomm: error: {}\n", e.what());
+    std::fprintf(stderr, "flashcomm: error: %s\n", e.what());
     return flashcomm::cli::exit_code_for(e);
+  } catch (...) {
+    std::fprintf(stderr, "flashcomm: error: unknown exception\n");
+    return flashcomm::cli::kExitRuntime;
   }
 }

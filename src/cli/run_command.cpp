@@ -14,8 +14,8 @@
 #include <climits>
 #include <cstdlib>
 #include <filesystem>
-#include <thread>
 #include <optional>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -69,8 +69,7 @@ Prepared prepare(const RunOptions& opt, int world_size) {
   }
   if (!opt.json_path.empty()) {
     // Fail now, not after the whole run, when the report cannot be written.
-    const std::filesystem::path dir =
-        std::filesystem::absolute(opt.json_path).parent_path();
+    const std::filesystem::path dir = std::filesystem::absolute(opt.json_path).parent_path();
     if (!std::filesystem::is_directory(dir)) {
       throw ConfigError(
           fmt::format("--json {}: the directory {} does not exist", opt.json_path, dir.string()));
@@ -266,8 +265,8 @@ void share_cores_among_local_ranks() {
   const int cores = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
   const int threads = std::max(1, cores / local_ranks);
   kernels::set_blas_threads(threads);
-  log::debug("{} ranks on this machine with {} cores: {} BLAS threads per rank", local_ranks,
-             cores, threads);
+  log::debug("{} ranks on this machine with {} cores: {} BLAS threads per rank", local_ranks, cores,
+             threads);
 }
 
 }  // namespace

@@ -163,7 +163,7 @@ std::vector<float> Engine::forward(const std::vector<int>& tokens, bool prefill)
   Buffer x(sz(n_res, d), 0.0F);
   const int first = plan.flashcomm1 ? tp_rank * plan.n_slice : 0;
   for (int r = 0; r < n_res && first + r < n; ++r) {
-    const int token = tokens[static_cast<size_t>(first + r)];
+    const int token = tokens[static_cast<size_t>(first) + static_cast<size_t>(r)];
     FC_ASSERT(token >= 0 && token < c.vocab_size, "token {} of vocabulary {}", token, c.vocab_size);
     std::memcpy(&x[sz(r, d)], &w_.token_embedding[sz(token, d)], sizeof(float) * d);
   }

@@ -58,13 +58,18 @@ std::vector<ModelConfig> random_test_configs() {
   return {a, b};
 }
 
-std::string temp_dir(const std::string& tag) {
+TempDir::TempDir(const std::string& tag) {
   std::string pattern =
       (std::filesystem::temp_directory_path() / ("flashcomm-" + tag + "-XXXXXX")).string();
   if (mkdtemp(pattern.data()) == nullptr) {
     throw std::runtime_error("mkdtemp failed for " + pattern);
   }
-  return pattern;
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
 }
 
 }  // namespace flashcomm::test

@@ -25,7 +25,19 @@ std::string flashcomm_binary();
 //   [1] n_heads 8, n_kv_heads 1 (multi-query), head_dim 4, d_model 48: TP 1, 2, 4, 8
 std::vector<ModelConfig> random_test_configs();
 
-// A fresh temporary directory, removed by the caller if it wishes.
-std::string temp_dir(const std::string& tag);
+// A fresh temporary directory, removed with everything in it when the
+// object goes away.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag);
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
 
 }  // namespace flashcomm::test
