@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 models="$root/../shared/models/stories260K"
 "$root/scripts/install-deps.sh"
-"$root/scripts/build.sh"
+"$root/scripts/build.sh" flashcomm
 exec "${BUILD_DIR:-$root/build}/flashcomm" run \
   --model "$models/stories260K.bin" --tokenizer "$models/tok512.bin" \
   --tp 4 --flashcomm1 --flashcomm2 2 --steps 256 --check "$@"

@@ -60,10 +60,13 @@ void relaunch_under_mpiexec(int argc, char** argv, int world_size) {
 
   setenv(kLaunchedVar, "1", 1);
   execvp(launcher.c_str(), c_args.data());
-  throw ConfigError(fmt::format(
-      "cannot start {} for {} ranks: {}; install OpenMPI (openmpi-bin) or start the ranks "
-      "yourself with mpiexec -n {}",
-      launcher, world_size, std::strerror(errno), world_size));
+  const std::string hint = env_launcher != nullptr
+                               ? "check FLASHCOMM_MPIEXEC"
+                               : "install OpenMPI (openmpi-bin) or set FLASHCOMM_MPIEXEC";
+  throw ConfigError(
+      fmt::format("cannot start {} for {} ranks: {}; {}, or start the ranks yourself "
+                  "with mpiexec -n {}",
+                  launcher, world_size, std::strerror(errno), hint, world_size));
 }
 
 }  // namespace flashcomm::cli

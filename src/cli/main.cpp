@@ -9,6 +9,8 @@
 namespace {
 
 void add_run_options(CLI::App& run, flashcomm::cli::RunOptions& o) {
+  // A repeated option takes its last value, so wrappers can append overrides.
+  run.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   run.add_option("--model", o.model, "llama2.c checkpoint (legacy or version-1 layout)")
       ->required();
   run.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer file")->required();
@@ -16,7 +18,8 @@ void add_run_options(CLI::App& run, flashcomm::cli::RunOptions& o) {
   run.add_option("--prompt", o.prompts,
                  "prompt text; repeat for several requests (spread over DP replicas); "
                  "empty or absent: start from BOS alone")
-      ->allow_extra_args(false);
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run.add_option("--steps", o.steps, "new tokens to generate (stops at BOS or the context end)")
       ->capture_default_str();
   run.add_option("--tp", o.parallel.tp_size, "tensor-parallel size")->capture_default_str();

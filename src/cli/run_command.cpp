@@ -74,6 +74,10 @@ Prepared prepare(const RunOptions& opt, int world_size) {
       throw ConfigError(
           fmt::format("--json {}: the directory {} does not exist", opt.json_path, dir.string()));
     }
+    if (std::filesystem::is_directory(opt.json_path)) {
+      throw ConfigError(
+          fmt::format("--json {} is a directory, expected a file name", opt.json_path));
+    }
   }
   Prepared p;
   p.config = read_llama2c_config(opt.model);
@@ -215,8 +219,8 @@ void print_and_write(const RunOptions& opt, std::vector<json> results, ParallelC
   fmt::print("\nlayout: dp {} x tp {}, flashcomm1 {}, flashcomm2 {}\n", pc.dp_size, pc.tp_size,
              pc.flashcomm1 ? "on" : "off",
              pc.flashcomm2_on() ? fmt::format("K={}", pc.flashcomm2) : "off");
-  fmt::print("prefill: {:.6f} s   decode: {} tokens in {:.6f} s (replica 0)\n", prefill_seconds,
-             decoded, decode_seconds);
+  fmt::print("prefill: {:.6f} s   decode: {} token{} in {:.6f} s (replica 0)\n", prefill_seconds,
+             decoded, decoded == 1 ? "" : "s", decode_seconds);
   fmt::print("prefill collectives (rank 0):\n{}", comm_table(ctx.stats().records(Pass::prefill)));
   fmt::print("decode collectives (rank 0):\n{}", comm_table(ctx.stats().records(Pass::decode)));
   if (opt.check) {
@@ -306,6 +310,9 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
     return worst;
   }
 
+  if (rank == 0 && opt.parallel.flashcomm1 && opt.parallel.tp_size == 1) {
+    log::warn("--flashcomm1 has no effect at --tp 1: one rank holds every token");
+  }
   if (rank == 0 && static_cast<int>(prep.requests.size()) < opt.parallel.dp_size) {
     log::warn("{} prompt(s) for {} DP replicas: replicas {} and above stay idle",
               prep.requests.size(), opt.parallel.dp_size, prep.requests.size());

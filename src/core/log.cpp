@@ -10,15 +10,17 @@ namespace flashcomm::log {
 
 void init(int world_rank, const std::string& level) {
   std::string name = level;
+  std::string source = "--log-level";
   if (name.empty()) {
     const char* env = std::getenv("FLASHCOMM_LOG_LEVEL");
     name = env != nullptr && *env != '\0' ? env : "warn";
+    source = "FLASHCOMM_LOG_LEVEL";
   }
   const spdlog::level::level_enum parsed = spdlog::level::from_str(name);
   // from_str maps every unknown name to "off"; only the word itself means off.
   if (parsed == spdlog::level::off && name != "off") {
     throw ConfigError(
-        fmt::format("log level '{}' is not one of trace, debug, info, warn, error, off", name));
+        fmt::format("{} '{}' is not one of trace, debug, info, warn, error, off", source, name));
   }
   // Logs go to stderr so that stdout carries only the generated text and tables.
   const std::string logger_name = fmt::format("rank{}", world_rank);
