@@ -14,11 +14,13 @@
 #include <climits>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "cli/command.hpp"
 #include "cli/launcher.hpp"
 #include "cli/report.hpp"
 #include "comm/mpi/mpi_check.hpp"
@@ -273,6 +275,35 @@ void share_cores_among_local_ranks() {
              threads);
 }
 
+void add_run_options(CLI::App& run, RunOptions& o) {
+  // A repeated option takes its last value, so wrappers can append overrides.
+  run.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  run.add_option("--model", o.model, "llama2.c checkpoint (legacy or version-1 layout)")
+      ->required();
+  run.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer file")->required();
+  // One value per --prompt, so a stray word is an error, not a second request.
+  run.add_option("--prompt", o.prompts,
+                 "prompt text; repeat for several requests (spread over DP replicas); "
+                 "empty or absent: start from BOS alone")
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  run.add_option("--steps", o.steps, "new tokens to generate (stops at BOS or the context end)")
+      ->capture_default_str();
+  run.add_option("--tp", o.parallel.tp_size, "tensor-parallel size")->capture_default_str();
+  run.add_option("--dp", o.parallel.dp_size, "data-parallel size (replicas)")
+      ->capture_default_str();
+  run.add_flag("--flashcomm1", o.parallel.flashcomm1,
+               "sequence parallelism in prefill: ReduceScatter/AllGather around sharded norms");
+  run.add_option("--flashcomm2", o.parallel.flashcomm2,
+                 "FlashComm2 o_proj in prefill with o_proj TP size K (0 = off; K < TP, K | TP)")
+      ->capture_default_str();
+  run.add_flag("--check", o.check,
+               "compare the last position's logits with an unsharded forward pass");
+  run.add_option("--json", o.json_path, "write a JSON report to this file");
+  run.add_option("--log-level", o.log_level,
+                 "trace, debug, info, warn, error or off (default: $FLASHCOMM_LOG_LEVEL or warn)");
+}
+
 }  // namespace
 
 int run_command(const RunOptions& opt, int argc, char** argv) {
@@ -348,6 +379,13 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
     return failure;
   }
   return kExitOk;
+}
+
+Command add_run_command(CLI::App& app, int argc, char** argv) {
+  auto options = std::make_shared<RunOptions>();
+  CLI::App* run = app.add_subcommand("run", "generate text with a model over DP x TP ranks");
+  add_run_options(*run, *options);
+  return {run, [options, argc, argv] { return run_command(*options, argc, argv); }};
 }
 
 }  // namespace flashcomm::cli

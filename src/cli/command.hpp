@@ -1,0 +1,19 @@
+// How a subcommand plugs into the flashcomm command line: it adds its options
+// to the app and hands back what runs it once the line is parsed.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace flashcomm::cli {
+
+struct Command {
+  CLI::App* app = nullptr;  // the subcommand, to ask whether it was chosen
+  std::function<int()> run;  // runs it; returns the process exit code
+};
+
+// argc/argv are the process's own, for commands that relaunch themselves.
+Command add_run_command(CLI::App& app, int argc, char** argv);
+
+}  // namespace flashcomm::cli
