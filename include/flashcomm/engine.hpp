@@ -10,6 +10,8 @@
 
 #include "flashcomm/context.hpp"
 #include "flashcomm/model.hpp"
+#include "flashcomm/phases.hpp"
+#include "flashcomm/weight_source.hpp"
 
 namespace flashcomm {
 
@@ -33,18 +35,26 @@ struct ShardedWeights {
   int hidden_local = 0;
   int wo_cols = 0;
   int wo_own_col = 0;
-  std::vector<float> token_embedding;  // [vocab_size, d_model], replicated
+  // Replicated; empty in a layers-only engine (benchmarks of large shapes).
+  std::vector<float> token_embedding;  // [vocab_size, d_model]
   std::vector<float> final_norm;  // [d_model]
-  std::vector<float> output;  // [vocab_size, d_model], replicated
+  std::vector<float> classifier;  // [vocab_size, d_model]; empty when shared
   std::vector<ShardedLayer> layers;
+
+  const std::vector<float>& output() const {
+    return config.shared_classifier ? token_embedding : classifier;
+  }
 };
 
-ShardedWeights shard_weights(const ModelWeights& full, const ParallelConfig& config,
-                             const RankPlace& place);
+// This rank's shard; `with_vocab` false leaves out the embedding, final norm
+// and classifier.
+ShardedWeights shard_weights(const WeightSource& source, const ParallelConfig& config,
+                             const RankPlace& place, bool with_vocab);
 
 class Engine {
  public:
-  // Collective over ctx's ranks only through later calls; construction is local.
+  // Construction is local: collectives happen only in the passes.
+  Engine(const WeightSource& source, ParallelContext& ctx, bool with_vocab = true);
   Engine(const ModelWeights& full, ParallelContext& ctx);
 
   // Clears the KV cache and runs the prompt (1 <= n_tokens <= seq_len) in one
@@ -54,20 +64,47 @@ class Engine {
   // Runs `token` at the next position; returns its logits [vocab_size].
   std::vector<float> decode(int token);
 
+  // Prefill of the layers alone, from hidden states [n_tokens, d_model] given
+  // on every TP rank (clears the KV cache). Returns the rows this rank holds
+  // afterwards: all n_tokens, or under FlashComm1 its slice [n_padded/tp_size].
+  std::vector<float> prefill_layers(const std::vector<float>& hidden, int n_tokens);
+
+  // Seconds per layer phase, summed over every pass since the last reset.
+  const PhaseTimes& phase_times() const { return phase_times_; }
+  void reset_phase_times() { phase_times_ = PhaseTimes{}; }
+
   // Tokens in the KV cache.
   int position() const { return position_; }
   const ShardedWeights& weights() const { return w_; }
 
  private:
-  // Runs tokens at positions position_ .. position_+n_tokens-1; `prefill`
-  // selects the configured schemes, otherwise plain TP.
+  // The shape of one pass and the schemes it runs with.
+  struct Plan {
+    int n_tokens = 0;
+    int n_padded = 0;  // n_tokens rounded up to a multiple of tp_size
+    int n_slice = 0;  // n_padded / tp_size: one FlashComm1 slice / FlashComm2 chunk
+    bool flashcomm1 = false;
+    bool flashcomm2 = false;
+    int n_resident() const { return flashcomm1 ? n_slice : n_tokens; }  // rows of x
+  };
+
+  Plan plan_pass(int n_tokens, bool prefill);
+  // Tokens at positions position_ .. position_+n_tokens-1 -> logits of the last.
   std::vector<float> forward(const std::vector<int>& tokens, bool prefill);
+  // Every layer on the resident rows x [n_resident, d_model], in place;
+  // appends to the KV cache and advances position_.
+  void run_layers(std::vector<float>& x, const Plan& plan);
+  void attention_block(int layer, std::vector<float>& x, const Plan& plan);
+  void mlp_block(int layer, std::vector<float>& x, const Plan& plan);
+  std::vector<float> flashcomm2_o_proj(const ShardedLayer& lw, std::vector<float> att,
+                                       const Plan& plan);
 
   ParallelContext& ctx_;
   ShardedWeights w_;
   std::vector<std::vector<float>> k_cache_;  // per layer [seq_len, kv_local*head_dim]
   std::vector<std::vector<float>> v_cache_;
   int position_ = 0;
+  PhaseTimes phase_times_;
 };
 
 // Greedy generation: prefill, then up to `steps` new tokens; stops before BOS

@@ -78,7 +78,7 @@ ModelWeights load_llama2c(const std::string& path);
 void save_llama2c(const ModelWeights& weights, const std::string& path, int version);
 
 // A model with seeded random weights of the given shape (like vLLM's dummy
-// load format): matrices uniform in +-1/sqrt(in), norms near 1.
+// load format): RandomSource (weight_source.hpp) read whole.
 ModelWeights random_weights(const ModelConfig& config, std::uint64_t seed);
 
 }  // namespace flashcomm

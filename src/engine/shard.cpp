@@ -1,7 +1,7 @@
-// Cutting the full weights into one rank's shard.
+// Cutting one rank's shard out of a weight source.
 //
-// Row blocks are copied whole; column blocks are copied row by row. QKV and
-// gate/up are fused into one matrix each so each projection is one GEMM.
+// QKV and gate/up are fused into one matrix each so that each projection is
+// one GEMM; o_proj and down are column blocks (their inputs are sharded).
 #include <algorithm>
 
 #include "flashcomm/engine.hpp"
@@ -11,29 +11,15 @@ namespace flashcomm {
 
 namespace {
 
-// Appends rows [row0, row0+n_rows) of m[.., n_cols] to out.
-void append_rows(std::vector<float>& out, const std::vector<float>& m, int n_cols, int row0,
-                 int n_rows) {
-  const auto begin = m.begin() + static_cast<std::ptrdiff_t>(row0) * n_cols;
-  out.insert(out.end(), begin, begin + static_cast<std::ptrdiff_t>(n_rows) * n_cols);
-}
-
-// Columns [col0, col0+n) of m[n_rows, n_cols], as [n_rows, n].
-std::vector<float> columns(const std::vector<float>& m, int n_rows, int n_cols, int col0, int n) {
-  FC_ASSERT(col0 >= 0 && col0 + n <= n_cols, "columns {}+{} of {}", col0, n, n_cols);
-  std::vector<float> out(static_cast<size_t>(n_rows) * n);
-  for (int r = 0; r < n_rows; ++r) {
-    const float* src = m.data() + static_cast<size_t>(r) * n_cols + col0;
-    std::copy(src, src + n, out.data() + static_cast<size_t>(r) * n);
-  }
-  return out;
+void append(std::vector<float>& out, const std::vector<float>& block) {
+  out.insert(out.end(), block.begin(), block.end());
 }
 
 }  // namespace
 
-ShardedWeights shard_weights(const ModelWeights& full, const ParallelConfig& config,
-                             const RankPlace& place) {
-  const ModelConfig& c = full.config;
+ShardedWeights shard_weights(const WeightSource& source, const ParallelConfig& config,
+                             const RankPlace& place, bool with_vocab) {
+  const ModelConfig& c = source.config();
   ShardedWeights s;
   s.config = c;
   s.heads = head_shard(c, config.tp_size, place.tp_rank);
@@ -43,31 +29,36 @@ ShardedWeights shard_weights(const ModelWeights& full, const ParallelConfig& con
 
   // o_proj columns: the rank's own heads, or FlashComm2's block j of K, which
   // holds the G head blocks of ODP group j with the rank's own at index i.
+  int wo_col0 = place.tp_rank * q_local;
+  s.wo_cols = q_local;
+  s.wo_own_col = 0;
   if (config.flashcomm2_on()) {
     s.wo_cols = c.q_dim() / config.otp_size();
+    wo_col0 = place.odp_group * s.wo_cols;
     s.wo_own_col = place.otp_group * q_local;
-  } else {
-    s.wo_cols = q_local;
-    s.wo_own_col = 0;
   }
-  const int wo_col0 =
-      config.flashcomm2_on() ? place.odp_group * s.wo_cols : place.tp_rank * q_local;
 
-  s.token_embedding = full.token_embedding;
-  s.final_norm = full.final_norm;
-  s.output = full.output_weight();
-  for (const LayerWeights& l : full.layers) {
+  if (with_vocab) {
+    s.token_embedding = source.rows(Tensor::token_embedding, 0, 0, c.vocab_size);
+    s.final_norm = source.rows(Tensor::final_norm, 0, 0, 1);
+    if (!c.shared_classifier) {
+      s.classifier = source.rows(Tensor::classifier, 0, 0, c.vocab_size);
+    }
+  }
+  const int kv_row0 = s.heads.kv_head0 * hd;
+  const int kv_rows = s.heads.n_kv_heads * hd;
+  const int h0 = place.tp_rank * s.hidden_local;
+  for (int l = 0; l < c.n_layers; ++l) {
     ShardedLayer sl;
-    sl.attn_norm = l.attn_norm;
-    sl.ffn_norm = l.ffn_norm;
-    append_rows(sl.w_qkv, l.wq, c.d_model, s.heads.q_head0 * hd, q_local);
-    append_rows(sl.w_qkv, l.wk, c.d_model, s.heads.kv_head0 * hd, s.heads.n_kv_heads * hd);
-    append_rows(sl.w_qkv, l.wv, c.d_model, s.heads.kv_head0 * hd, s.heads.n_kv_heads * hd);
-    sl.wo = columns(l.wo, c.d_model, c.q_dim(), wo_col0, s.wo_cols);
-    const int h0 = place.tp_rank * s.hidden_local;
-    append_rows(sl.w_gate_up, l.w_gate, c.d_model, h0, s.hidden_local);
-    append_rows(sl.w_gate_up, l.w_up, c.d_model, h0, s.hidden_local);
-    sl.w_down = columns(l.w_down, c.d_model, c.hidden_dim, h0, s.hidden_local);
+    sl.attn_norm = source.rows(Tensor::attn_norm, l, 0, 1);
+    sl.ffn_norm = source.rows(Tensor::ffn_norm, l, 0, 1);
+    sl.w_qkv = source.rows(Tensor::wq, l, s.heads.q_head0 * hd, q_local);
+    append(sl.w_qkv, source.rows(Tensor::wk, l, kv_row0, kv_rows));
+    append(sl.w_qkv, source.rows(Tensor::wv, l, kv_row0, kv_rows));
+    sl.wo = source.columns(Tensor::wo, l, wo_col0, s.wo_cols);
+    sl.w_gate_up = source.rows(Tensor::w_gate, l, h0, s.hidden_local);
+    append(sl.w_gate_up, source.rows(Tensor::w_up, l, h0, s.hidden_local));
+    sl.w_down = source.columns(Tensor::w_down, l, h0, s.hidden_local);
     s.layers.push_back(std::move(sl));
   }
   return s;
