@@ -277,5 +277,79 @@ TEST(Cli, StopsAtTheContextEnd) {
   EXPECT_EQ(report["generated_tokens"].get<std::vector<int>>(), expected);
 }
 
+TEST(Cli, TextThatIsNotUtf8StillReports) {
+  // A lone 0xFF byte falls back to a byte token; the report must survive it.
+  const test::TempDir dir("utf8");
+  const Outcome o = shell(flashcomm(stories_args() + " --prompt $'\\xff' --steps 3 --json " +
+                                    quote(dir.file("r.json"))));
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  std::ifstream file(dir.file("r.json"));
+  ASSERT_TRUE(file.good());
+  const auto report = nlohmann::json::parse(file);
+  EXPECT_EQ(report["generated_tokens"].size(), 3U);
+}
+
+TEST(Cli, RanksStartedWithDifferentOptionsAreRefused) {
+  const std::string a = flashcomm(stories_args() + " --tp 2 --steps 10");
+  const std::string b = flashcomm(stories_args() + " --tp 2 --steps 20");
+  const bool root = geteuid() == 0;
+  const Outcome o = shell(fmt::format("mpiexec {}--oversubscribe -n 1 {} : -n 1 {}",
+                                      root ? "--allow-run-as-root " : "", a, b),
+                          60);
+  EXPECT_EQ(o.exit_code, 2) << o.output;
+  EXPECT_EQ(count(o.output, "the ranks were started with different options"), 1U) << o.output;
+}
+
+TEST(Cli, AHugeTextIsRefusedBeforeItIsEncoded) {
+  const test::TempDir dir("long");
+  {
+    std::ofstream f(dir.file("p.txt"));
+    f << std::string(100000, 'a');
+  }
+  const Outcome o = shell(
+      flashcomm(stories_args() + " --prompt \"$(cat " + quote(dir.file("p.txt")) + ")\""), 20);
+  EXPECT_EQ(o.exit_code, 2) << o.output.substr(0, 400);
+  EXPECT_NE(o.output.find("the prompt has 100000 bytes"), std::string::npos)
+      << o.output.substr(0, 400);
+}
+
+TEST(Cli, CountsAreDecimal) {
+  const Outcome octal = shell(flashcomm(stories_args() + " --steps 010 --json /dev/stdout"));
+  EXPECT_EQ(octal.exit_code, 0) << octal.output;
+  EXPECT_NE(octal.output.find("\"decode\""), std::string::npos);
+  const Outcome hex = shell(flashcomm(stories_args() + " --tp 0x2"));
+  EXPECT_EQ(hex.exit_code, 2);
+  EXPECT_NE(hex.output.find("expected a decimal integer, got '0x2'"), std::string::npos)
+      << hex.output;
+  const Outcome empty = shell(flashcomm(stories_args() + " --tp ''"));
+  EXPECT_EQ(empty.exit_code, 2) << empty.output;
+}
+
+TEST(Cli, AReportThatCannotBeWrittenFails) {
+  const Outcome o = shell(flashcomm(stories_args() + " --steps 2 --json /dev/full"));
+  EXPECT_NE(o.exit_code, 0) << o.output;
+  EXPECT_EQ(count(o.output, "--json /dev/full: write failed"), 1U) << o.output;
+}
+
+TEST(Cli, AHugeContextCostsOnlyWhatTheRunNeeds) {
+  // seq_len 4M with 64 layers would need GiBs of KV cache if sized by seq_len.
+  ModelConfig c;
+  c.d_model = 8;
+  c.hidden_dim = 16;
+  c.n_layers = 64;
+  c.n_heads = 2;
+  c.n_kv_heads = 2;
+  c.head_dim = 4;
+  c.vocab_size = 512;
+  c.seq_len = 1 << 22;
+  const test::TempDir dir("bigctx");
+  save_llama2c(random_weights(c, 5), dir.file("model.bin"), 1);
+  const Outcome o =
+      shell(flashcomm(fmt::format("run --model {} --tokenizer {} --steps 4",
+                                  quote(dir.file("model.bin")), quote(test::stories_tokenizer()))),
+            60);
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+}
+
 }  // namespace
 }  // namespace flashcomm

@@ -208,6 +208,8 @@ TEST(Layout, BadConfigurationsNameTheOptionAndValues) {
   expect_config_error(kv, layout(1, 6, 0), 6,
                       "--tp 6 must divide the model's n_kv_heads 8 (to shard them) or be a "
                       "multiple of it (to replicate them)");
+  expect_config_error(m, layout(2147483647, 2, 0), -1,
+                      "--dp 2147483647 x --tp 2 exceeds the limit of 1048576 ranks");
   EXPECT_NO_THROW(check_parallel_config(m, layout(2, 4, 2), 8));
   EXPECT_NO_THROW(check_parallel_config(m, layout(1, 4, 0), -1));
 }

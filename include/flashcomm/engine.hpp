@@ -53,9 +53,10 @@ ShardedWeights shard_weights(const WeightSource& source, const ParallelConfig& c
 
 class Engine {
  public:
-  // Construction is local: collectives happen only in the passes.
-  Engine(const WeightSource& source, ParallelContext& ctx, bool with_vocab = true);
-  Engine(const ModelWeights& full, ParallelContext& ctx);
+  // Construction is local: collectives happen only in the passes. The KV
+  // cache holds `context` tokens (0: the model's seq_len).
+  Engine(const WeightSource& source, ParallelContext& ctx, bool with_vocab = true, int context = 0);
+  Engine(const ModelWeights& full, ParallelContext& ctx, int context = 0);
 
   // Clears the KV cache and runs the prompt (1 <= n_tokens <= seq_len) in one
   // pass; returns the logits [vocab_size] of the last position.
@@ -73,8 +74,9 @@ class Engine {
   const PhaseTimes& phase_times() const { return phase_times_; }
   void reset_phase_times() { phase_times_ = PhaseTimes{}; }
 
-  // Tokens in the KV cache.
+  // Tokens in the KV cache, and how many it can hold.
   int position() const { return position_; }
+  int context() const { return context_; }
   const ShardedWeights& weights() const { return w_; }
 
  private:
@@ -103,13 +105,17 @@ class Engine {
   ShardedWeights w_;
   std::vector<std::vector<float>> k_cache_;  // per layer [seq_len, kv_local*head_dim]
   std::vector<std::vector<float>> v_cache_;
+  int context_ = 0;
   int position_ = 0;
   PhaseTimes phase_times_;
 };
 
+// Bytes of one rank's KV cache for `context` tokens.
+std::int64_t kv_cache_bytes(const ModelConfig& config, int tp_size, int context);
+
 // Greedy generation: prefill, then up to `steps` new tokens; stops before BOS
 // (which ends a story and is not returned; unless `stop_at_bos` is false) or
-// when the context is full.
+// when the engine's context is full.
 struct Generation {
   std::vector<int> tokens;  // the new tokens
   std::vector<float> prefill_logits;  // [vocab_size] of the prompt's last position

@@ -30,6 +30,9 @@ class Tokenizer {
   std::string decode(int prev, int token) const;
 
   int vocab_size() const { return static_cast<int>(pieces_.size()); }
+  // Bytes of the longest piece: a text of B bytes encodes to at least
+  // B / max_piece_bytes() tokens.
+  int max_piece_bytes() const;
   const std::string& piece(int token) const { return pieces_.at(static_cast<size_t>(token)); }
 
  private:

@@ -13,6 +13,10 @@ struct Command {
   std::function<int()> run;  // runs it; returns the process exit code
 };
 
+// CLI11 reads "010" as octal and "0x10" as hex; counts on our command line
+// are decimal. Use as ->transform(decimal_integer()) on integer options.
+CLI::Validator decimal_integer();
+
 // argc/argv are the process's own, for commands that relaunch themselves.
 Command add_run_command(CLI::App& app, int argc, char** argv);
 

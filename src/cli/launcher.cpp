@@ -33,6 +33,9 @@ bool under_mpi_launcher() {
 
 void relaunch_under_mpiexec(int argc, char** argv, int world_size) {
   const char* env_launcher = std::getenv("FLASHCOMM_MPIEXEC");
+  if (env_launcher != nullptr && *env_launcher == '\0') {
+    env_launcher = nullptr;  // set but empty: the default
+  }
   const std::string launcher = env_launcher != nullptr ? env_launcher : "mpiexec";
 
   // The ranks run this very binary, wherever it was started from.

@@ -42,8 +42,11 @@ void write_json(const std::string& path, const nlohmann::json& report) {
     throw ConfigError(
         fmt::format("--json {}: cannot open for writing: {}", path, std::strerror(errno)));
   }
-  file << report.dump(2) << "\n";
-  if (!file) {
+  // Generated text may end inside a multi-byte character: such bytes are
+  // written as U+FFFD rather than failing the whole report.
+  file << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  file.close();
+  if (file.fail()) {
     throw ConfigError(fmt::format("--json {}: write failed", path));
   }
 }

@@ -10,14 +10,20 @@
 
 #include <mpi.h>
 
+#include <unistd.h>
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <thread>
+#include <tuple>
 
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
@@ -61,7 +67,42 @@ struct Prepared {
   ModelConfig config;
   std::optional<Tokenizer> tokenizer;
   std::vector<Request> requests;
+  int context = 0;  // KV cache capacity: the longest prompt + steps, within seq_len
 };
+
+// Fails now, not after the whole run, when the report cannot be written.
+void check_json_path(const std::string& path) {
+  if (path.empty()) {
+    return;
+  }
+  const std::filesystem::path dir = std::filesystem::absolute(path).parent_path();
+  if (!std::filesystem::is_directory(dir)) {
+    throw ConfigError(
+        fmt::format("--json {}: the directory {} does not exist", path, dir.string()));
+  }
+  if (std::filesystem::is_directory(path)) {
+    throw ConfigError(fmt::format("--json {} is a directory, expected a file name", path));
+  }
+  if (access(dir.c_str(), W_OK) != 0) {
+    throw ConfigError(fmt::format("--json {}: the directory {} is not writable: {}", path,
+                                  dir.string(), std::strerror(errno)));
+  }
+}
+
+// The KV cache is sized for this run, so a huge seq_len alone costs nothing;
+// what is needed must still fit in the machine.
+void check_kv_cache_fits(const ModelConfig& config, const ParallelConfig& parallel, int context) {
+  const std::int64_t bytes = kv_cache_bytes(config, parallel.tp_size, context);
+  const std::int64_t machine =
+      static_cast<std::int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+  if (machine > 0 && bytes > machine) {
+    throw ConfigError(fmt::format(
+        "the KV cache of {} layers for a context of {} tokens needs {:.1f} GiB per rank, more "
+        "than this machine's {:.1f} GiB",
+        config.n_layers, context, static_cast<double>(bytes) / (1 << 30),
+        static_cast<double>(machine) / (1 << 30)));
+  }
+}
 
 // Everything that can be checked without computing: the same on every rank.
 // world_size < 0: before the ranks exist (the launching process).
@@ -69,33 +110,63 @@ Prepared prepare(const RunOptions& opt, int world_size) {
   if (opt.steps < 0) {
     throw ConfigError(fmt::format("--steps {} must be 0 or more", opt.steps));
   }
-  if (!opt.json_path.empty()) {
-    // Fail now, not after the whole run, when the report cannot be written.
-    const std::filesystem::path dir = std::filesystem::absolute(opt.json_path).parent_path();
-    if (!std::filesystem::is_directory(dir)) {
-      throw ConfigError(
-          fmt::format("--json {}: the directory {} does not exist", opt.json_path, dir.string()));
-    }
-    if (std::filesystem::is_directory(opt.json_path)) {
-      throw ConfigError(
-          fmt::format("--json {} is a directory, expected a file name", opt.json_path));
-    }
+  if (opt.model.empty() || opt.tokenizer.empty()) {
+    throw ConfigError(
+        fmt::format("--{} is empty, expected a file", opt.model.empty() ? "model" : "tokenizer"));
   }
+  check_json_path(opt.json_path);
   Prepared p;
   p.config = read_llama2c_config(opt.model);
   check_parallel_config(p.config, opt.parallel, world_size);
-  p.tokenizer = Tokenizer::load(opt.tokenizer, p.config.vocab_size);
+  try {
+    p.tokenizer = Tokenizer::load(opt.tokenizer, p.config.vocab_size);
+  } catch (const FormatError& e) {
+    throw FormatError(
+        fmt::format("{} (the model's vocab_size is {})", e.what(), p.config.vocab_size));
+  }
   const std::vector<std::string> prompts =
       opt.prompts.empty() ? std::vector<std::string>{""} : opt.prompts;
   for (size_t i = 0; i < prompts.size(); ++i) {
     Request r;
     r.index = static_cast<int>(i);
     r.prompt = prompts[i];
+    const std::string which = prompts.size() > 1 ? fmt::format("prompt {}: ", i) : "";
+    // Encoding is quadratic in the text; a text that cannot fit even at the
+    // longest piece per token is refused before it is encoded.
+    const std::size_t fewest_tokens = r.prompt.size() / p.tokenizer->max_piece_bytes() + 1;
+    if (fewest_tokens > static_cast<std::size_t>(p.config.seq_len)) {
+      throw ConfigError(fmt::format(
+          "{}the prompt has {} bytes, at least {} tokens, but the model's context (seq_len) is {}",
+          which, r.prompt.size(), fewest_tokens, p.config.seq_len));
+    }
     r.prompt_tokens = p.tokenizer->encode(r.prompt, true);
-    check_prompt_fits(p.config, static_cast<int>(r.prompt_tokens.size()));
+    try {
+      check_prompt_fits(p.config, static_cast<int>(r.prompt_tokens.size()));
+    } catch (const ConfigError& e) {
+      throw ConfigError(which + e.what());
+    }
+    const std::int64_t wanted = static_cast<std::int64_t>(r.prompt_tokens.size()) + opt.steps;
+    p.context = static_cast<int>(
+        std::max<std::int64_t>(p.context, std::min<std::int64_t>(wanted, p.config.seq_len)));
     p.requests.push_back(std::move(r));
   }
+  check_kv_cache_fits(p.config, opt.parallel, p.context);
   return p;
+}
+
+// What every rank must agree on: the options, the model's configuration and
+// the encoded prompts.
+std::uint64_t fingerprint(const RunOptions& opt, const Prepared& p) {
+  const ModelConfig& c = p.config;
+  const ParallelConfig& pc = opt.parallel;
+  std::string text = fmt::format(
+      "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", opt.steps, pc.dp_size, pc.tp_size,
+      pc.flashcomm1, pc.flashcomm2, opt.check, opt.json_path, c.d_model, c.hidden_dim, c.n_layers,
+      c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.seq_len, c.shared_classifier, p.context);
+  for (const Request& r : p.requests) {
+    text += fmt::format("|{}", fmt::join(r.prompt_tokens, ","));
+  }
+  return std::hash<std::string>{}(text);
 }
 
 // MPI_Init / MPI_Finalize for the lifetime of the command.
@@ -123,6 +194,19 @@ int allreduce_int(int value, MPI_Op op) {
   int result = value;
   FC_CHECK_MPI(MPI_Allreduce(&value, &result, 1, MPI_INT, op, MPI_COMM_WORLD));
   return result;
+}
+
+// Collective over the world: true when every rank that prepared (the others
+// pass nullptr) holds the same fingerprint.
+bool ranks_agree(const RunOptions& opt, const Prepared* prepared) {
+  const std::uint64_t fp = prepared != nullptr ? fingerprint(opt, *prepared) : 0;
+  unsigned long long lo = prepared != nullptr ? fp : ULLONG_MAX;
+  unsigned long long hi = prepared != nullptr ? fp : 0;
+  FC_CHECK_MPI(
+      MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, MPI_COMM_WORLD));
+  FC_CHECK_MPI(
+      MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD));
+  return lo == ULLONG_MAX || lo == hi;
 }
 
 std::string decode_text(const Tokenizer& tok, int prev, const std::vector<int>& tokens) {
@@ -168,7 +252,8 @@ json serve(const RunOptions& opt, const Prepared& prep, const ModelWeights& weig
 
 // Gathers the JSON text of every rank at world rank 0 (empty elsewhere).
 std::vector<json> gather_json(const json& mine, bool send) {
-  const std::string text = send ? mine.dump() : std::string();
+  const std::string text =
+      send ? mine.dump(-1, ' ', false, json::error_handler_t::replace) : std::string();
   const int len = static_cast<int>(text.size());
   const int rank = world_rank();
   const int size = world_size();
@@ -288,15 +373,20 @@ void add_run_options(CLI::App& run, RunOptions& o) {
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run.add_option("--steps", o.steps, "new tokens to generate (stops at BOS or the context end)")
-      ->capture_default_str();
-  run.add_option("--tp", o.parallel.tp_size, "tensor-parallel size")->capture_default_str();
+      ->capture_default_str()
+      ->transform(decimal_integer());
+  run.add_option("--tp", o.parallel.tp_size, "tensor-parallel size")
+      ->capture_default_str()
+      ->transform(decimal_integer());
   run.add_option("--dp", o.parallel.dp_size, "data-parallel size (replicas)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->transform(decimal_integer());
   run.add_flag("--flashcomm1", o.parallel.flashcomm1,
                "sequence parallelism in prefill: ReduceScatter/AllGather around sharded norms");
   run.add_option("--flashcomm2", o.parallel.flashcomm2,
                  "FlashComm2 o_proj in prefill with o_proj TP size K (0 = off; K < TP, K | TP)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->transform(decimal_integer());
   run.add_flag("--check", o.check,
                "compare the last position's logits with an unsharded forward pass");
   run.add_option("--json", o.json_path, "write a JSON report to this file");
@@ -331,14 +421,23 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
     code = exit_code_for(e);
     message = e.what();
   }
-  const int worst = allreduce_int(code, MPI_MAX);
-  if (worst != kExitOk) {
-    // The lowest failing rank speaks, so the message appears once.
-    const int speaker = allreduce_int(code != kExitOk ? rank : INT_MAX, MPI_MIN);
-    if (rank == speaker) {
+  // Ranks started with different options (or files) would run different
+  // collectives and wait on each other forever.
+  if (!ranks_agree(opt, code == kExitOk ? &prep : nullptr) && code == kExitOk) {
+    code = kExitUsage;
+    message =
+        "the ranks were started with different options, model or tokenizer files; start every "
+        "rank with the same command line";
+  }
+  // The lowest failing rank speaks, so the message appears once, and every
+  // rank exits with its code: key = rank * 8 + code, smallest wins.
+  static_assert(kExitComm < 8);
+  const int key = allreduce_int(code != kExitOk ? rank * 8 + code : INT_MAX, MPI_MIN);
+  if (key != INT_MAX) {
+    if (rank == key / 8) {
       fmt::print(stderr, "flashcomm: error: {}\n", message);
     }
-    return worst;
+    return key % 8;
   }
 
   if (rank == 0 && opt.parallel.flashcomm1 && opt.parallel.tp_size == 1) {
@@ -353,7 +452,7 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
   // so it ends the whole job.
   try {
     ParallelContext ctx(MPI_COMM_WORLD, opt.parallel);
-    Engine engine(*weights, ctx);
+    Engine engine(*weights, ctx, prep.context);
     double max_rel_err = 0.0;
     const json mine = serve(opt, prep, *weights, ctx, engine, max_rel_err);
     const double worst_err = [&] {
@@ -369,7 +468,14 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
           results.push_back(std::move(r));
         }
       }
-      print_and_write(opt, std::move(results), ctx, worst_err);
+      // The other ranks are done communicating: a failure here (say, the
+      // report cannot be written) ends rank 0 alone, without an abort.
+      try {
+        print_and_write(opt, std::move(results), ctx, worst_err);
+      } catch (const std::exception& e) {
+        fmt::print(stderr, "flashcomm: error: {}\n", e.what());
+        return exit_code_for(e);
+      }
     }
   } catch (const std::exception& e) {
     const int failure = exit_code_for(e);
@@ -379,6 +485,22 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
     return failure;
   }
   return kExitOk;
+}
+
+CLI::Validator decimal_integer() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const std::size_t digits = !text.empty() && (text[0] == '-' || text[0] == '+') ? 1 : 0;
+        if (text.size() == digits ||
+            text.find_first_not_of("0123456789", digits) != std::string::npos) {
+          return fmt::format("expected a decimal integer, got '{}'", text);
+        }
+        while (text.size() > digits + 1 && text[digits] == '0') {
+          text.erase(digits, 1);
+        }
+        return {};
+      },
+      "INT", "decimal");
 }
 
 Command add_run_command(CLI::App& app, int argc, char** argv) {

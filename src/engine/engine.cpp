@@ -43,16 +43,24 @@ class PhaseTimer {
 
 }  // namespace
 
-Engine::Engine(const WeightSource& source, ParallelContext& ctx, bool with_vocab)
+std::int64_t kv_cache_bytes(const ModelConfig& config, int tp_size, int context) {
+  const HeadShard heads = head_shard(config, tp_size, 0);
+  return std::int64_t{2} * config.n_layers * context * heads.n_kv_heads * config.head_dim *
+         static_cast<std::int64_t>(sizeof(float));
+}
+
+Engine::Engine(const WeightSource& source, ParallelContext& ctx, bool with_vocab, int context)
     : ctx_(ctx), w_(shard_weights(source, ctx.config(), ctx.place(), with_vocab)) {
   const ModelConfig& c = w_.config;
-  const size_t cache = sz(c.seq_len, w_.heads.n_kv_heads * c.head_dim);
+  FC_ASSERT(context >= 0 && context <= c.seq_len, "context {} of seq_len {}", context, c.seq_len);
+  context_ = context == 0 ? c.seq_len : context;
+  const size_t cache = sz(context_, w_.heads.n_kv_heads * c.head_dim);
   k_cache_.assign(static_cast<size_t>(c.n_layers), Buffer(cache, 0.0F));
   v_cache_.assign(static_cast<size_t>(c.n_layers), Buffer(cache, 0.0F));
 }
 
-Engine::Engine(const ModelWeights& full, ParallelContext& ctx)
-    : Engine(MemorySource(full), ctx, true) {}
+Engine::Engine(const ModelWeights& full, ParallelContext& ctx, int context)
+    : Engine(MemorySource(full), ctx, true, context) {}
 
 std::vector<float> Engine::prefill(const std::vector<int>& tokens) {
   position_ = 0;
@@ -65,8 +73,8 @@ std::vector<float> Engine::decode(int token) {
 
 Engine::Plan Engine::plan_pass(int n_tokens, bool prefill) {
   const ParallelConfig& pc = ctx_.config();
-  FC_ASSERT(n_tokens >= 1 && position_ + n_tokens <= w_.config.seq_len,
-            "{} tokens at position {} with context {}", n_tokens, position_, w_.config.seq_len);
+  FC_ASSERT(n_tokens >= 1 && position_ + n_tokens <= context_,
+            "{} tokens at position {} with context {}", n_tokens, position_, context_);
   Plan plan;
   plan.n_tokens = n_tokens;
   plan.n_padded = padded_tokens(n_tokens, pc.tp_size);

@@ -18,6 +18,8 @@ Generation generate(Engine& engine, const std::vector<int>& prompt, int steps, b
   const ModelConfig& c = engine.weights().config;
   FC_ASSERT(!prompt.empty(), "a prompt holds at least BOS");
   check_prompt_fits(c, static_cast<int>(prompt.size()));
+  FC_ASSERT(static_cast<int>(prompt.size()) <= engine.context(), "prompt of {} in a context of {}",
+            prompt.size(), engine.context());
   Generation g;
 
   auto start = std::chrono::steady_clock::now();
@@ -33,7 +35,7 @@ Generation generate(Engine& engine, const std::vector<int>& prompt, int steps, b
     }
     g.tokens.push_back(next);
     // The new token is returned even when the context has no room to run it.
-    if (step + 1 == steps || engine.position() >= c.seq_len) {
+    if (step + 1 == steps || engine.position() >= engine.context()) {
       break;
     }
     logits = engine.decode(next);

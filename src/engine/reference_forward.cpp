@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "flashcomm/engine.hpp"
 #include "flashcomm/error.hpp"
@@ -18,6 +19,10 @@ double max_relative_error(const std::vector<float>& got, const std::vector<float
   double scale = 0.0;
   double diff = 0.0;
   for (size_t i = 0; i < got.size(); ++i) {
+    // std::max would drop a NaN; a non-finite value is an infinite error.
+    if (!std::isfinite(got[i]) || !std::isfinite(expected[i])) {
+      return std::numeric_limits<double>::infinity();
+    }
     scale = std::max(scale, std::fabs(static_cast<double>(expected[i])));
     diff = std::max(diff, std::fabs(static_cast<double>(got[i]) - expected[i]));
   }

@@ -7,6 +7,7 @@
 #include "flashcomm/tokenizer.hpp"
 
 #include <sys/stat.h>
+#include <algorithm>
 
 #include <cerrno>
 #include <cmath>
@@ -238,6 +239,14 @@ std::string Tokenizer::decode(int prev, int token) const {
     return std::string(1, static_cast<char>(byte));
   }
   return piece;
+}
+
+int Tokenizer::max_piece_bytes() const {
+  size_t longest = 1;
+  for (const std::string& p : pieces_) {
+    longest = std::max(longest, p.size());
+  }
+  return static_cast<int>(longest);
 }
 
 }  // namespace flashcomm

@@ -94,6 +94,12 @@ void check_parallel_config(const ModelConfig& model, const ParallelConfig& confi
   if (config.dp_size < 1) {
     throw ConfigError(fmt::format("--dp {} must be at least 1", config.dp_size));
   }
+  // Far beyond any machine, and small enough that dp * tp cannot overflow.
+  constexpr int kMaxRanks = 1 << 20;
+  if (tp > kMaxRanks || config.dp_size > kMaxRanks / tp) {
+    throw ConfigError(fmt::format("--dp {} x --tp {} exceeds the limit of {} ranks", config.dp_size,
+                                  tp, kMaxRanks));
+  }
   if (k < 0) {
     throw ConfigError(
         fmt::format("--flashcomm2 {} must be 0 (off) or an o_proj tensor-parallel size K >= 1", k));
