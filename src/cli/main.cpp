@@ -6,6 +6,7 @@
 
 #include "cli/command.hpp"
 #include "cli/options.hpp"
+#include "cli/plan_command.hpp"
 #include "cli/run_command.hpp"
 
 namespace {
@@ -16,6 +17,8 @@ int flashcomm_main(int argc, char** argv) {
   app.set_version_flag("--version", "flashcomm 0.1.0");
   const std::vector<flashcomm::cli::Command> commands = {
       flashcomm::cli::add_run_command(app, argc, argv),
+      flashcomm::cli::add_calibrate_command(app, argc, argv),
+      flashcomm::cli::add_plan_command(app),
   };
 
   try {

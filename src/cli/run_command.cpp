@@ -28,6 +28,7 @@
 
 #include "cli/command.hpp"
 #include "cli/launcher.hpp"
+#include "cli/mpi_session.hpp"
 #include "cli/report.hpp"
 #include "comm/mpi/mpi_check.hpp"
 #include "flashcomm/context.hpp"
@@ -168,15 +169,6 @@ std::uint64_t fingerprint(const RunOptions& opt, const Prepared& p) {
   }
   return std::hash<std::string>{}(text);
 }
-
-// MPI_Init / MPI_Finalize for the lifetime of the command.
-class MpiSession {
- public:
-  MpiSession() { FC_CHECK_MPI(MPI_Init(nullptr, nullptr)); }
-  ~MpiSession() { MPI_Finalize(); }
-  MpiSession(const MpiSession&) = delete;
-  MpiSession& operator=(const MpiSession&) = delete;
-};
 
 int world_rank() {
   int rank = 0;

@@ -8,6 +8,8 @@
 #include <functional>
 #include <utility>
 
+#include <fmt/ranges.h>
+
 #include "flashcomm/error.hpp"
 
 namespace flashcomm {
@@ -128,8 +130,8 @@ using PresetTable = std::vector<std::pair<std::string, std::function<ModelConfig
 
 const PresetTable& presets() {
   static const PresetTable table = {
-      {"llama-3-8b", llama_3_8b},         {"llama-3-70b", llama_3_70b},
-      {"qwen3-32b", qwen3_32b},           {"deepseek-v3-attn", deepseek_v3_attn},
+      {"llama-3-8b", llama_3_8b},   {"llama-3-70b", llama_3_70b},
+      {"qwen3-32b", qwen3_32b},     {"deepseek-v3-attn", deepseek_v3_attn},
       {"stories260K", stories260k},
   };
   return table;

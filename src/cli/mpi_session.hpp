@@ -1,0 +1,29 @@
+// MPI_Init / MPI_Finalize for the lifetime of a command.
+#pragma once
+
+#include <mpi.h>
+
+#include "comm/mpi/mpi_check.hpp"
+
+namespace flashcomm::cli {
+
+class MpiSession {
+ public:
+  MpiSession() { FC_CHECK_MPI(MPI_Init(nullptr, nullptr)); }
+  ~MpiSession() { MPI_Finalize(); }
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+
+  static int rank() {
+    int r = 0;
+    FC_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &r));
+    return r;
+  }
+  static int size() {
+    int s = 0;
+    FC_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &s));
+    return s;
+  }
+};
+
+}  // namespace flashcomm::cli

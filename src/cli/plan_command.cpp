@@ -1,0 +1,230 @@
+// `flashcomm plan`, in three steps:
+//   1. resolve: the model (a preset name or a llama2.c checkpoint, of which
+//      only the header is read) and the hardware (a built-in profile or a JSON
+//      file); check the layout as `flashcomm run` would;
+//   2. plan: the cost model's prediction of every scheme at every token count
+//      (src/planner/cost_model.cpp);
+//   3. print a table, or with --json the same numbers as JSON on stdout.
+// Errors are thrown as the library's exceptions; main() prints them and maps
+// them to exit codes (2 for a bad flag or layout, 3 for a bad file).
+#include "cli/plan_command.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <memory>
+#include <optional>
+
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/options.hpp"
+#include "flashcomm/cost_model.hpp"
+#include "flashcomm/error.hpp"
+#include "flashcomm/presets.hpp"
+
+namespace flashcomm::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct PlanOptions {
+  std::string model;
+  std::string hardware;
+  int tp_size = 1;
+  int dp_size = 1;
+  std::vector<int> tokens;
+  double memory_budget_gib = 0.0;
+  CLI::Option* memory_budget = nullptr;  // to tell "not given" from a value
+  int weight_bytes = 2;
+  bool json = false;
+};
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+// A preset name first; anything else must be a checkpoint file.
+ModelConfig resolve_model(const std::string& name_or_path) {
+  const std::vector<std::string> names = preset_names();
+  if (std::find(names.begin(), names.end(), name_or_path) != names.end()) {
+    return preset_config(name_or_path);
+  }
+  if (std::filesystem::is_regular_file(name_or_path)) {
+    return read_llama2c_config(name_or_path);
+  }
+  throw ConfigError(
+      fmt::format("--model {}: not a model preset ({}) and no such llama2.c checkpoint file",
+                  name_or_path, fmt::join(names, ", ")));
+}
+
+// "1.23x", or "-" when there is nothing to compare with.
+std::string ratio(double reference_s, double scheme_s) {
+  return scheme_s > 0.0 ? fmt::format("{:.2f}x", reference_s / scheme_s) : "-";
+}
+
+// The index of FlashComm1 among the schemes, or -1 at TP 1.
+int flashcomm1_index(const TokenPlan& row) {
+  for (size_t i = 0; i < row.schemes.size(); ++i) {
+    const ParallelConfig& pc = row.schemes[i].parallel;
+    if (pc.flashcomm1 && !pc.flashcomm2_on()) {
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+std::string break_even_line(const Plan& plan, int tp_size) {
+  if (tp_size == 1) {
+    return "break-even: none (at --tp 1 only plain TP runs)";
+  }
+  if (plan.break_even) {
+    return fmt::format(
+        "break-even: the best FlashComm2 variant beats plain TP and FlashComm1 from {} tokens on "
+        "(searched 1..{})",
+        *plan.break_even, plan.break_even_searched_to);
+  }
+  return fmt::format(
+      "break-even: none; FlashComm2 does not beat both plain TP and FlashComm1 at {} tokens",
+      plan.break_even_searched_to);
+}
+
+void print_table(const PlanOptions& o, const PlanRequest& r, const Plan& plan) {
+  const ModelConfig& m = r.model;
+  fmt::print("model {} (d_model {}, q_dim {}, {} layers), hardware {}, dp {} x tp {}\n", o.model,
+             m.d_model, m.q_dim(), m.n_layers, r.profile.name, r.dp_size, r.tp_size);
+  fmt::print("hardware: {}\n", r.profile.description);
+  if (r.memory_budget_gib) {
+    fmt::print("memory budget for the extra o_proj: {:.2f} GiB per rank ({}-byte weights)\n",
+               *r.memory_budget_gib, r.weight_bytes);
+  } else {
+    fmt::print("memory budget for the extra o_proj: none ({}-byte weights)\n", r.weight_bytes);
+  }
+  fmt::print("\n{:>7}  {:<26} {:>10} {:>11} {:>7} {:>7} {:>17}\n", "tokens", "scheme", "layer ms",
+             "prefill ms", "vs TP", "vs FC1", "extra o_proj MiB");
+  for (const TokenPlan& row : plan.rows) {
+    const double tp_s = row.schemes.front().prefill_s;
+    const int fc1 = flashcomm1_index(row);
+    for (size_t i = 0; i < row.schemes.size(); ++i) {
+      const SchemeEstimate& e = row.schemes[i];
+      const std::string vs_fc1 =
+          fc1 < 0 ? "-" : ratio(row.schemes[static_cast<size_t>(fc1)].prefill_s, e.prefill_s);
+      std::string note;
+      if (static_cast<int>(i) == row.recommended) {
+        note = "  <- recommended";
+      } else if (!e.fits_budget) {
+        note = "  over budget";
+      }
+      fmt::print("{:>7}  {:<26} {:>10.3f} {:>11.3f} {:>7} {:>7} {:>17.1f}{}\n", row.n_tokens,
+                 e.name, e.layer_s * 1e3, e.prefill_s * 1e3, ratio(tp_s, e.prefill_s), vs_fc1,
+                 e.extra_o_proj_bytes / kMiB, note);
+    }
+  }
+  fmt::print("\n{}\n", break_even_line(plan, r.tp_size));
+}
+
+json plan_json(const PlanOptions& o, const PlanRequest& r, const Plan& plan) {
+  const ModelConfig& m = r.model;
+  json rows = json::array();
+  for (const TokenPlan& row : plan.rows) {
+    const double tp_s = row.schemes.front().prefill_s;
+    const int fc1 = flashcomm1_index(row);
+    json schemes = json::array();
+    for (size_t i = 0; i < row.schemes.size(); ++i) {
+      const SchemeEstimate& e = row.schemes[i];
+      schemes.push_back(
+          {{"scheme", e.name},
+           {"flashcomm1", e.parallel.flashcomm1},
+           {"flashcomm2", e.parallel.flashcomm2},
+           {"layer_seconds", e.layer_s},
+           {"prefill_seconds", e.prefill_s},
+           {"speedup_vs_tp", tp_s / e.prefill_s},
+           {"speedup_vs_flashcomm1",
+            fc1 < 0 ? json(nullptr)
+                    : json(row.schemes[static_cast<size_t>(fc1)].prefill_s / e.prefill_s)},
+           {"extra_o_proj_bytes", e.extra_o_proj_bytes},
+           {"fits_budget", e.fits_budget},
+           {"recommended", static_cast<int>(i) == row.recommended}});
+    }
+    rows.push_back({{"n_tokens", row.n_tokens},
+                    {"recommended", row.schemes[static_cast<size_t>(row.recommended)].name},
+                    {"schemes", std::move(schemes)}});
+  }
+  return {{"model",
+           {{"name", o.model},
+            {"d_model", m.d_model},
+            {"q_dim", m.q_dim()},
+            {"n_layers", m.n_layers},
+            {"n_heads", m.n_heads},
+            {"n_kv_heads", m.n_kv_heads},
+            {"head_dim", m.head_dim},
+            {"hidden_dim", m.hidden_dim},
+            {"seq_len", m.seq_len}}},
+          {"hardware",
+           {{"name", r.profile.name},
+            {"description", r.profile.description},
+            {"source", r.profile.source}}},
+          {"parallel", {{"dp", r.dp_size}, {"tp", r.tp_size}}},
+          {"weight_bytes", r.weight_bytes},
+          {"memory_budget_gib", r.memory_budget_gib ? json(*r.memory_budget_gib) : json(nullptr)},
+          {"rows", std::move(rows)},
+          {"break_even",
+           {{"n_tokens", plan.break_even ? json(*plan.break_even) : json(nullptr)},
+            {"searched_up_to", plan.break_even_searched_to}}}};
+}
+
+int plan_command(const PlanOptions& o) {
+  // 1. resolve and check
+  PlanRequest r;
+  r.model = resolve_model(o.model);
+  r.profile = resolve_profile(o.hardware);
+  r.tp_size = o.tp_size;
+  r.dp_size = o.dp_size;
+  r.token_counts = o.tokens;
+  if (o.memory_budget->count() > 0) {
+    r.memory_budget_gib = o.memory_budget_gib;
+  }
+  r.weight_bytes = o.weight_bytes;
+  check_parallel_config(r.model, {r.dp_size, r.tp_size, false, 0}, -1);
+
+  // 2. plan (checks the token counts, budget and weight bytes)
+  const Plan plan = plan_prefill(r);
+
+  // 3. report
+  if (o.json) {
+    fmt::print("{}\n", plan_json(o, r, plan).dump(2));
+  } else {
+    print_table(o, r, plan);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+Command add_plan_command(CLI::App& app) {
+  auto o = std::make_shared<PlanOptions>();
+  CLI::App* plan = app.add_subcommand(
+      "plan", "predict each scheme's prefill time on a hardware profile and recommend one");
+  plan->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  plan->add_option("--model", o->model, "model preset name or llama2.c checkpoint")->required();
+  plan->add_option("--hardware", o->hardware, "built-in hardware profile or a JSON profile file")
+      ->required();
+  plan->add_option("--tp", o->tp_size, "tensor-parallel size")
+      ->required()
+      ->transform(decimal_integer());
+  plan->add_option("--dp", o->dp_size, "data-parallel size (replicas)")
+      ->capture_default_str()
+      ->transform(decimal_integer());
+  plan->add_option("--tokens", o->tokens, "prompt lengths to plan for (one or more)")
+      ->required()
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->transform(decimal_integer());
+  o->memory_budget = plan->add_option("--memory-budget", o->memory_budget_gib,
+                                      "GiB per rank allowed for FlashComm2's extra o_proj "
+                                      "weights (default: unlimited)");
+  plan->add_option("--weight-bytes", o->weight_bytes, "bytes per weight element (2 for bf16)")
+      ->capture_default_str()
+      ->transform(decimal_integer());
+  plan->add_flag("--json", o->json, "print JSON to stdout instead of the table");
+  return {plan, [o] { return plan_command(*o); }};
+}
+
+}  // namespace flashcomm::cli
