@@ -10,6 +10,7 @@ packages=(
   libgtest-dev
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   clang-format clang-tidy
+  gnuplot-nox libbenchmark-dev
 )
 
 missing=()

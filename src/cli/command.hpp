@@ -20,5 +20,6 @@ CLI::Validator decimal_integer();
 // argc/argv are the process's own, for commands that relaunch themselves.
 Command add_run_command(CLI::App& app, int argc, char** argv);
 Command add_calibrate_command(CLI::App& app, int argc, char** argv);
+Command add_bench_command(CLI::App& app, int argc, char** argv);
 
 }  // namespace flashcomm::cli

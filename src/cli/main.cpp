@@ -18,6 +18,7 @@ int flashcomm_main(int argc, char** argv) {
   const std::vector<flashcomm::cli::Command> commands = {
       flashcomm::cli::add_run_command(app, argc, argv),
       flashcomm::cli::add_calibrate_command(app, argc, argv),
+      flashcomm::cli::add_bench_command(app, argc, argv),
       flashcomm::cli::add_plan_command(app),
   };
 

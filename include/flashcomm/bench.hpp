@@ -1,0 +1,64 @@
+// The prefill benchmark: per-layer prefill time of every scheme over token
+// counts and TP sizes, measured with warm-up and repeats, split into compute
+// and communication per phase, beside the cost model's prediction and the
+// machine's floor (FLOPs at the measured sgemm rate plus collective bytes at
+// the measured bandwidth).
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "flashcomm/cost_model.hpp"
+#include "flashcomm/layout.hpp"
+#include "flashcomm/phases.hpp"
+#include "flashcomm/weight_source.hpp"
+
+namespace flashcomm {
+
+struct BenchOptions {
+  std::vector<int> token_counts;
+  std::vector<int> tp_sizes;
+  // Schemes to run, by family: "tp", "fc1", "fc2" (every valid K), "fc1+fc2"
+  // (every valid K). Empty: all.
+  std::vector<std::string> schemes;
+  int warmup = 2;
+  int repeats = 5;
+  std::uint64_t seed = 1;
+};
+
+struct BenchRow {
+  ParallelConfig parallel;
+  std::string scheme;  // scheme_name()
+  int n_tokens = 0;
+  int n_layers = 0;
+  // Per layer, over repeats of the slowest rank's whole prefill / n_layers.
+  double median_s = 0.0;
+  double min_s = 0.0;
+  double max_s = 0.0;
+  PhaseTimes phases;  // median per layer of each phase (slowest rank)
+  double compute_s = 0.0;
+  double comm_s = 0.0;
+  std::int64_t bytes_per_rank = 0;  // per layer, every collective of one prefill
+  double predicted_s = 0.0;  // cost model, per layer
+  double floor_s = 0.0;  // FLOPs / sgemm rate + bytes / bandwidth, per layer
+  double speedup_vs_tp = 0.0;  // plain TP's median / this median, same TP and tokens
+  double speedup_vs_fc1 = 0.0;  // FlashComm1's median / this median (0 when absent)
+};
+
+// Collective over `world` (whose size is at least the largest TP). For each
+// TP size the first tp ranks run; `progress` is called on rank 0 after each
+// row. Rank 0 returns every row.
+std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
+                                const BenchOptions& options, const HardwareProfile& profile,
+                                const std::function<void(const BenchRow&, int, int)>& progress);
+
+// The floor of one layer under `profile`: arithmetic at gemm_flops plus every
+// collective's bytes at its fitted bandwidth, no latency, no memory traffic.
+double layer_floor(const LayerCost& cost, const HardwareProfile& profile,
+                   const ParallelConfig& parallel);
+
+}  // namespace flashcomm

@@ -1,0 +1,189 @@
+// The prefill benchmark over schemes, TP sizes and token counts.
+#include "flashcomm/bench.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <random>
+
+#include "comm/mpi/mpi_check.hpp"
+#include "flashcomm/context.hpp"
+#include "flashcomm/engine.hpp"
+#include "flashcomm/error.hpp"
+#include "flashcomm/log.hpp"
+
+namespace flashcomm {
+
+namespace {
+
+double median(std::vector<double> v) {
+  FC_ASSERT(!v.empty(), "median of nothing");
+  std::sort(v.begin(), v.end());
+  const size_t mid = v.size() / 2;
+  return v.size() % 2 == 1 ? v[mid] : 0.5 * (v[mid - 1] + v[mid]);
+}
+
+std::string family_of(const ParallelConfig& pc) {
+  if (pc.flashcomm1 && pc.flashcomm2_on()) {
+    return "fc1+fc2";
+  }
+  if (pc.flashcomm2_on()) {
+    return "fc2";
+  }
+  return pc.flashcomm1 ? "fc1" : "tp";
+}
+
+// Hidden states [n_tokens, d_model], the same on every rank.
+std::vector<float> random_hidden(int n_tokens, int d_model, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<float> h(static_cast<size_t>(n_tokens) * static_cast<size_t>(d_model));
+  for (float& v : h) {
+    v = static_cast<float>(static_cast<double>(rng() >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+  }
+  return h;
+}
+
+// One (scheme, token count) on the ranks of `comm`; every member returns the row.
+BenchRow measure(MPI_Comm comm, const WeightSource& source, const ParallelConfig& pc, int n_tokens,
+                 int context, const BenchOptions& options) {
+  ParallelContext ctx(comm, pc);
+  Engine engine(source, ctx, false, context);
+  const int n_layers = source.config().n_layers;
+  const std::vector<float> hidden = random_hidden(n_tokens, source.config().d_model, options.seed);
+
+  std::vector<double> totals;
+  std::vector<PhaseTimes> phases;
+  for (int r = 0; r < options.warmup + options.repeats; ++r) {
+    engine.reset_phase_times();
+    FC_CHECK_MPI(MPI_Barrier(comm));
+    const auto t0 = std::chrono::steady_clock::now();
+    engine.prefill_layers(hidden, n_tokens);
+    double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    // A pass is as slow as its slowest rank, phase by phase too.
+    PhaseTimes p = engine.phase_times();
+    FC_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, comm));
+    FC_CHECK_MPI(
+        MPI_Allreduce(MPI_IN_PLACE, p.seconds.data(), kPhaseCount, MPI_DOUBLE, MPI_MAX, comm));
+    if (r >= options.warmup) {
+      totals.push_back(t / n_layers);
+      phases.push_back(p);
+    }
+  }
+
+  BenchRow row;
+  row.parallel = pc;
+  row.scheme = scheme_name(pc);
+  row.n_tokens = n_tokens;
+  row.n_layers = n_layers;
+  row.median_s = median(totals);
+  row.min_s = *std::min_element(totals.begin(), totals.end());
+  row.max_s = *std::max_element(totals.begin(), totals.end());
+  for (int i = 0; i < kPhaseCount; ++i) {
+    std::vector<double> v;
+    for (const PhaseTimes& p : phases) {
+      v.push_back(p.seconds[static_cast<size_t>(i)] / n_layers);
+    }
+    row.phases.seconds[static_cast<size_t>(i)] = median(v);
+    (kind_of(static_cast<Phase>(i)) == PhaseKind::comm ? row.comm_s : row.compute_s) +=
+        row.phases.seconds[static_cast<size_t>(i)];
+  }
+  std::int64_t bytes = 0;
+  for (const CommRecord& rec : ctx.stats().records(Pass::prefill)) {
+    bytes += rec.bytes_sent;
+  }
+  row.bytes_per_rank = bytes / (options.warmup + options.repeats) / n_layers;
+  return row;
+}
+
+}  // namespace
+
+double layer_floor(const LayerCost& cost, const HardwareProfile& profile,
+                   const ParallelConfig& parallel) {
+  double s = 0.0;
+  for (const PhaseCost& p : cost.phases) {
+    s += p.flops / profile.gemm_flops;
+    if (p.has_collective() && p.comm_bytes > 0) {
+      const int group = p.group == "otp"   ? parallel.otp_size()
+                        : p.group == "odp" ? parallel.odp_size()
+                                           : parallel.tp_size;
+      // Bandwidth only: what the bytes cost at the fitted rate, no latency.
+      s += collective_seconds(profile, p.op, group, p.comm_bytes) -
+           collective_seconds(profile, p.op, group, 0);
+    }
+  }
+  return s;
+}
+
+std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
+                                const BenchOptions& options, const HardwareProfile& profile,
+                                const std::function<void(const BenchRow&, int, int)>& progress) {
+  int rank = 0;
+  int world_size = 0;
+  FC_CHECK_MPI(MPI_Comm_rank(world, &rank));
+  FC_CHECK_MPI(MPI_Comm_size(world, &world_size));
+  const ModelConfig& model = source.config();
+  const int context = *std::max_element(options.token_counts.begin(), options.token_counts.end());
+
+  // The work list, the same on every rank.
+  struct Item {
+    ParallelConfig pc;
+    int n_tokens;
+  };
+  std::vector<Item> items;
+  for (int tp : options.tp_sizes) {
+    for (const ParallelConfig& pc : candidate_schemes(tp, 1)) {
+      const std::string family = family_of(pc);
+      if (!options.schemes.empty() && std::find(options.schemes.begin(), options.schemes.end(),
+                                                family) == options.schemes.end()) {
+        continue;
+      }
+      check_parallel_config(model, pc, tp);
+      for (int n : options.token_counts) {
+        items.push_back({pc, n});
+      }
+    }
+  }
+
+  std::vector<BenchRow> rows;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Item& item = items[i];
+    const int tp = item.pc.tp_size;
+    MPI_Comm sub = MPI_COMM_NULL;
+    FC_CHECK_MPI(MPI_Comm_split(world, rank < tp ? 0 : MPI_UNDEFINED, rank, &sub));
+    if (sub != MPI_COMM_NULL) {
+      BenchRow row = measure(sub, source, item.pc, item.n_tokens, context, options);
+      FC_CHECK_MPI(MPI_Comm_free(&sub));
+      const LayerCost cost = predict_layer(model, item.pc, item.n_tokens, profile);
+      row.predicted_s = cost.total_s;
+      row.floor_s = layer_floor(cost, profile, item.pc);
+      if (rank == 0) {
+        rows.push_back(row);
+        if (progress) {
+          progress(row, static_cast<int>(i) + 1, static_cast<int>(items.size()));
+        }
+      }
+    }
+    // Idle ranks wait here, so no rank runs ahead into the next TP size.
+    FC_CHECK_MPI(MPI_Barrier(world));
+  }
+
+  // Speed-ups against plain TP and FlashComm1 of the same TP size and tokens.
+  std::map<std::pair<int, int>, double> plain;
+  std::map<std::pair<int, int>, double> fc1;
+  for (const BenchRow& r : rows) {
+    const auto key = std::make_pair(r.parallel.tp_size, r.n_tokens);
+    if (family_of(r.parallel) == "tp") {
+      plain[key] = r.median_s;
+    } else if (family_of(r.parallel) == "fc1") {
+      fc1[key] = r.median_s;
+    }
+  }
+  for (BenchRow& r : rows) {
+    const auto key = std::make_pair(r.parallel.tp_size, r.n_tokens);
+    r.speedup_vs_tp = plain.count(key) != 0 ? plain[key] / r.median_s : 0.0;
+    r.speedup_vs_fc1 = fc1.count(key) != 0 ? fc1[key] / r.median_s : 0.0;
+  }
+  return rows;
+}
+
+}  // namespace flashcomm

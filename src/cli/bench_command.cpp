@@ -1,0 +1,356 @@
+// `flashcomm bench`: the prefill benchmark. Runs every requested scheme, TP
+// size and token count on a model (a checkpoint, or a preset with seeded
+// random weights), prints measured beside predicted per-layer times, and
+// writes CSV, JSON and a PNG plot (gnuplot).
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+
+#include "cli/command.hpp"
+#include "cli/launcher.hpp"
+#include "cli/mpi_session.hpp"
+#include "cli/options.hpp"
+#include "cli/run_command.hpp"
+#include "flashcomm/bench.hpp"
+#include "flashcomm/calibrate.hpp"
+#include "flashcomm/error.hpp"
+#include "flashcomm/log.hpp"
+#include "flashcomm/presets.hpp"
+
+namespace flashcomm::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct BenchCommandOptions {
+  std::string model;
+  int layers = 0;  // 0: all of a checkpoint, 1 of a preset
+  std::vector<int> tokens = {16, 64, 256};
+  std::vector<int> tp = {2};
+  std::vector<std::string> schemes;
+  int warmup = 2;
+  int repeats = 5;
+  std::string hardware;  // empty: calibrate in this run
+  std::string out = "bench-out";
+  std::string log_level;
+};
+
+bool is_preset(const std::string& name) {
+  const auto names = preset_names();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+void check_options(const BenchCommandOptions& o) {
+  if (o.tokens.empty() || o.tp.empty()) {
+    throw ConfigError("--tokens and --tp need at least one value each");
+  }
+  for (int n : o.tokens) {
+    if (n < 1) {
+      throw ConfigError(fmt::format("--tokens {} must be at least 1", n));
+    }
+  }
+  for (int t : o.tp) {
+    if (t < 1 || t > 64) {
+      throw ConfigError(fmt::format("--tp {} must be between 1 and 64 on one machine", t));
+    }
+  }
+  for (const std::string& s : o.schemes) {
+    if (s != "tp" && s != "fc1" && s != "fc2" && s != "fc1+fc2") {
+      throw ConfigError(fmt::format("--schemes {} is not one of tp, fc1, fc2, fc1+fc2", s));
+    }
+  }
+  if (o.layers < 0 || o.warmup < 0 || o.repeats < 1) {
+    throw ConfigError(
+        fmt::format("--layers {} must be >= 0, --warmup {} >= 0 and --repeats {} >= 1", o.layers,
+                    o.warmup, o.repeats));
+  }
+}
+
+// The model's configuration with the layers the benchmark runs and a context
+// just long enough for the largest token count.
+ModelConfig bench_config(const BenchCommandOptions& o) {
+  ModelConfig c = is_preset(o.model) ? preset_config(o.model) : read_llama2c_config(o.model);
+  const int layers = o.layers > 0 ? o.layers : (is_preset(o.model) ? 1 : c.n_layers);
+  if (layers > c.n_layers) {
+    throw ConfigError(fmt::format("--layers {} exceeds the model's {} layers", layers, c.n_layers));
+  }
+  c.n_layers = layers;
+  const int longest = *std::max_element(o.tokens.begin(), o.tokens.end());
+  if (longest > c.seq_len) {
+    throw ConfigError(
+        fmt::format("--tokens {} exceeds the model's context (seq_len) {}", longest, c.seq_len));
+  }
+  c.seq_len = longest;
+  for (int tp : o.tp) {
+    ParallelConfig pc;
+    pc.tp_size = tp;
+    check_parallel_config(c, pc, -1);
+  }
+  return c;
+}
+
+std::string csv_header() {
+  std::string h =
+      "model,layers,tp,scheme,flashcomm1,flashcomm2,tokens,median_s,min_s,max_s,compute_s,comm_s,"
+      "bytes_per_rank,speedup_vs_tp,speedup_vs_fc1,predicted_s,floor_s";
+  for (int i = 0; i < kPhaseCount; ++i) {
+    h += fmt::format(",{}_s", to_string(static_cast<Phase>(i)));
+  }
+  return h + "\n";
+}
+
+std::string csv_row(const std::string& model, const BenchRow& r) {
+  std::string line = fmt::format(
+      "{},{},{},\"{}\",{},{},{},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{},{:.6g},{:.6g},{:.9g},{:.9g}",
+      model, r.n_layers, r.parallel.tp_size, r.scheme, r.parallel.flashcomm1 ? 1 : 0,
+      r.parallel.flashcomm2, r.n_tokens, r.median_s, r.min_s, r.max_s, r.compute_s, r.comm_s,
+      r.bytes_per_rank, r.speedup_vs_tp, r.speedup_vs_fc1, r.predicted_s, r.floor_s);
+  for (double s : r.phases.seconds) {
+    line += fmt::format(",{:.9g}", s);
+  }
+  return line + "\n";
+}
+
+json row_json(const BenchRow& r) {
+  json phases = json::object();
+  for (int i = 0; i < kPhaseCount; ++i) {
+    if (r.phases.seconds[static_cast<size_t>(i)] > 0) {
+      phases[to_string(static_cast<Phase>(i))] = r.phases.seconds[static_cast<size_t>(i)];
+    }
+  }
+  return {{"tp", r.parallel.tp_size},
+          {"scheme", r.scheme},
+          {"flashcomm1", r.parallel.flashcomm1},
+          {"flashcomm2", r.parallel.flashcomm2},
+          {"tokens", r.n_tokens},
+          {"layers", r.n_layers},
+          {"per_layer", {{"median_s", r.median_s}, {"min_s", r.min_s}, {"max_s", r.max_s}}},
+          {"compute_s", r.compute_s},
+          {"comm_s", r.comm_s},
+          {"phases_s", phases},
+          {"bytes_per_rank", r.bytes_per_rank},
+          {"speedup_vs_tp", r.speedup_vs_tp},
+          {"speedup_vs_fc1", r.speedup_vs_fc1},
+          {"predicted_s", r.predicted_s},
+          {"floor_s", r.floor_s}};
+}
+
+void write_file(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+  f.close();
+  if (f.fail()) {
+    throw ConfigError(fmt::format("--out: cannot write {}", path.string()));
+  }
+}
+
+// One line per (TP, scheme): per-layer median time against the token count.
+void plot(const std::filesystem::path& dir, const std::string& model,
+          const std::vector<BenchRow>& rows) {
+  std::vector<std::pair<int, std::string>> lines;
+  for (const BenchRow& r : rows) {
+    const auto key = std::make_pair(r.parallel.tp_size, r.scheme);
+    if (std::find(lines.begin(), lines.end(), key) == lines.end()) {
+      lines.push_back(key);
+    }
+  }
+  std::string data;
+  for (const auto& [tp, scheme] : lines) {
+    data += fmt::format("# TP {} {}\n", tp, scheme);
+    for (const BenchRow& r : rows) {
+      if (r.parallel.tp_size == tp && r.scheme == scheme) {
+        data += fmt::format("{} {:.9g}\n", r.n_tokens, r.median_s * 1e3);
+      }
+    }
+    data += "\n\n";
+  }
+  write_file(dir / "bench.dat", data);
+  std::string script = fmt::format(
+      "set terminal pngcairo size 1000,640 noenhanced\nset output '{}'\n"
+      "set title 'flashcomm prefill, {} (median per layer)'\nset xlabel 'prompt tokens'\n"
+      "set ylabel 'ms per layer'\nset logscale xy\nset key left top\nset grid\nplot ",
+      (dir / "bench.png").string(), model);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    script += fmt::format("{}'{}' index {} with linespoints title 'TP {} {}'", i == 0 ? "" : ", ",
+                          (dir / "bench.dat").string(), i, lines[i].first, lines[i].second);
+  }
+  write_file(dir / "bench.gp", script + "\n");
+  const std::string command = fmt::format("gnuplot '{}' 2>&1", (dir / "bench.gp").string());
+  if (std::system(command.c_str()) != 0) {
+    log::warn("gnuplot failed or is missing (apt-get install gnuplot-nox); the plot script is {}",
+              (dir / "bench.gp").string());
+  }
+}
+
+void report(const BenchCommandOptions& o, const HardwareProfile& profile,
+            const std::vector<BenchRow>& rows) {
+  fmt::print("\n{:>3} {:<28} {:>6} {:>22} {:>9} {:>9} {:>12} {:>6} {:>6} {:>9} {:>7} {:>9} {:>6}\n",
+             "tp", "scheme", "tokens", "ms/layer (min-max)", "compute", "comm", "bytes/rank",
+             "vs TP", "vs FC1", "predicted", "error", "floor", "floor%");
+  for (const BenchRow& r : rows) {
+    fmt::print(
+        "{:>3} {:<28} {:>6} {:>8.3f} ({:.3f}-{:.3f}) {:>9.3f} {:>9.3f} {:>12} {:>6.2f} {:>6} "
+        "{:>9.3f} {:>+6.0f}% {:>9.3f} {:>5.0f}%\n",
+        r.parallel.tp_size, r.scheme, r.n_tokens, r.median_s * 1e3, r.min_s * 1e3, r.max_s * 1e3,
+        r.compute_s * 1e3, r.comm_s * 1e3, r.bytes_per_rank, r.speedup_vs_tp,
+        r.speedup_vs_fc1 > 0 ? fmt::format("{:.2f}", r.speedup_vs_fc1) : "-", r.predicted_s * 1e3,
+        (r.predicted_s / r.median_s - 1.0) * 100.0, r.floor_s * 1e3,
+        r.floor_s / r.median_s * 100.0);
+  }
+  fmt::print(
+      "\ntimes in ms per layer; predicted: cost model with profile '{}' (sgemm {:.1f} "
+      "GFLOP/s, memcpy {:.1f} GB/s); floor: FLOPs at the sgemm rate + collective bytes at "
+      "the fitted bandwidth\n",
+      profile.name, profile.gemm_flops / 1e9, profile.memory_bandwidth_Bps / 1e9);
+
+  const std::filesystem::path dir(o.out);
+  std::filesystem::create_directories(dir);
+  std::string csv = csv_header();
+  json list = json::array();
+  for (const BenchRow& r : rows) {
+    csv += csv_row(o.model, r);
+    list.push_back(row_json(r));
+  }
+  write_file(dir / "bench.csv", csv);
+  const json doc = {{"model", o.model},
+                    {"profile",
+                     {{"name", profile.name},
+                      {"gemm_flops", profile.gemm_flops},
+                      {"memory_bandwidth_Bps", profile.memory_bandwidth_Bps}}},
+                    {"warmup", o.warmup},
+                    {"repeats", o.repeats},
+                    {"rows", list}};
+  write_file(dir / "bench.json", doc.dump(2) + "\n");
+  plot(dir, o.model, rows);
+  fmt::print("wrote {0}/bench.csv, {0}/bench.json, {0}/bench.png\n", dir.string());
+}
+
+int bench_main(const BenchCommandOptions& o, int argc, char** argv) {
+  check_options(o);
+  const ModelConfig config = bench_config(o);
+  const int ranks = *std::max_element(o.tp.begin(), o.tp.end());
+  if (!under_mpi_launcher() && ranks > 1) {
+    log::init(0, o.log_level);
+    relaunch_under_mpiexec(argc, argv, ranks);
+  }
+  MpiSession mpi;
+  const int rank = MpiSession::rank();
+  log::init(rank, o.log_level);
+  if (MpiSession::size() < ranks) {
+    if (rank == 0) {
+      fmt::print(stderr, "flashcomm: error: the job has {} ranks but --tp {} needs {}\n",
+                 MpiSession::size(), ranks, ranks);
+    }
+    return kExitUsage;
+  }
+  try {
+    // Weights: a checkpoint's own (in memory), or seeded random ones whose
+    // shard each rank computes for itself.
+    std::optional<ModelWeights> weights;
+    std::unique_ptr<WeightSource> source;
+    if (is_preset(o.model)) {
+      source = std::make_unique<RandomSource>(config, 1);
+    } else {
+      weights = load_llama2c(o.model);
+      weights->layers.resize(static_cast<size_t>(config.n_layers));
+      weights->config = config;
+      source = std::make_unique<MemorySource>(*weights);
+    }
+
+    HardwareProfile profile;
+    if (!o.hardware.empty()) {
+      profile = resolve_profile(o.hardware);
+    } else {
+      if (rank == 0) {
+        fmt::print(stderr, "calibrating this machine (use --hardware FILE to skip)...\n");
+      }
+      CalibrateOptions copt;
+      copt.repeats = 5;
+      copt.buffer_bytes = {4 << 10, 64 << 10, 1 << 20};
+      for (int tp : o.tp) {
+        if (tp > 1 && std::find(copt.group_sizes.begin(), copt.group_sizes.end(), tp) ==
+                          copt.group_sizes.end()) {
+          copt.group_sizes.push_back(tp);
+        }
+        for (int k = 2; k < tp; ++k) {
+          if (tp % k == 0) {
+            for (int g : {k, tp / k}) {
+              if (std::find(copt.group_sizes.begin(), copt.group_sizes.end(), g) ==
+                  copt.group_sizes.end()) {
+                copt.group_sizes.push_back(g);
+              }
+            }
+          }
+        }
+      }
+      std::sort(copt.group_sizes.begin(), copt.group_sizes.end());
+      profile = calibrate(MPI_COMM_WORLD, copt).profile;
+    }
+
+    BenchOptions bopt;
+    bopt.token_counts = o.tokens;
+    bopt.tp_sizes = o.tp;
+    bopt.schemes = o.schemes;
+    bopt.warmup = o.warmup;
+    bopt.repeats = o.repeats;
+    const auto progress = [](const BenchRow& r, int done, int total) {
+      fmt::print(stderr, "[{}/{}] tp {} {} tokens {}: {:.3f} ms per layer\n", done, total,
+                 r.parallel.tp_size, r.scheme, r.n_tokens, r.median_s * 1e3);
+    };
+    const std::vector<BenchRow> rows = run_bench(MPI_COMM_WORLD, *source, bopt, profile, progress);
+    if (rank == 0) {
+      fmt::print("model {} ({} layer{}), {} ranks, warm-up {}, repeats {}\n", o.model,
+                 config.n_layers, config.n_layers == 1 ? "" : "s", MpiSession::size(), o.warmup,
+                 o.repeats);
+      report(o, profile, rows);
+    }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "flashcomm: error on rank {}: {}\n", rank, e.what());
+    MPI_Abort(MPI_COMM_WORLD, exit_code_for(e));
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+Command add_bench_command(CLI::App& app, int argc, char** argv) {
+  auto o = std::make_shared<BenchCommandOptions>();
+  CLI::App* cmd = app.add_subcommand("bench", "measure prefill per layer for each scheme");
+  cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  cmd->add_option("--model", o->model, "a preset name or a llama2.c checkpoint")->required();
+  cmd->add_option("--layers", o->layers, "layers to run (default: 1 of a preset, all of a file)")
+      ->transform(decimal_integer());
+  cmd->add_option("--tokens", o->tokens, "prompt token counts, e.g. 16,64,256")
+      ->delimiter(',')
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->capture_default_str();
+  cmd->add_option("--tp", o->tp, "tensor-parallel sizes, e.g. 2,4")
+      ->delimiter(',')
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->capture_default_str();
+  cmd->add_option("--schemes", o->schemes, "tp, fc1, fc2, fc1+fc2 (default: all; fc2 = every K)")
+      ->delimiter(',')
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--warmup", o->warmup, "untimed runs first")
+      ->capture_default_str()
+      ->transform(decimal_integer());
+  cmd->add_option("--repeats", o->repeats, "timed runs; median, min and max are reported")
+      ->capture_default_str()
+      ->transform(decimal_integer());
+  cmd->add_option("--hardware", o->hardware,
+                  "profile for the predictions: a built-in name or a JSON file from calibrate "
+                  "(default: calibrate in this run)");
+  cmd->add_option("--out", o->out, "directory for bench.csv, bench.json, bench.png")
+      ->capture_default_str();
+  cmd->add_option("--log-level", o->log_level, "trace, debug, info, warn, error or off");
+  return {cmd, [o, argc, argv] { return bench_main(*o, argc, argv); }};
+}
+
+}  // namespace flashcomm::cli
