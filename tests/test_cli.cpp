@@ -22,42 +22,10 @@
 namespace flashcomm {
 namespace {
 
-struct Outcome {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-// Runs a shell command line under a hard time limit (a hang fails the test
-// with exit code 124 instead of blocking the suite).
-Outcome shell(const std::string& command, int timeout_s = 180) {
-  const std::string line = fmt::format("timeout -k 5 {} {} 2>&1", timeout_s, command);
-  Outcome out;
-  FILE* pipe = popen(line.c_str(), "r");
-  if (pipe == nullptr) {
-    ADD_FAILURE() << "popen failed for " << line;
-    return out;
-  }
-  char buf[4096];
-  size_t n = 0;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) {
-    out.output.append(buf, n);
-  }
-  const int status = pclose(pipe);
-  out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return out;
-}
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  }
-  return q + "'";
-}
-
-std::string flashcomm(const std::string& args) {
-  return quote(test::flashcomm_binary()) + " " + args;
-}
+using test::flashcomm;
+using test::Outcome;
+using test::quote;
+using test::shell;
 
 std::string stories_args() {
   return fmt::format("run --model {} --tokenizer {}", quote(test::stories_checkpoint()),

@@ -21,43 +21,10 @@
 namespace flashcomm {
 namespace {
 
-struct Outcome {
-  int exit_code = -1;
-  std::string output;  // stdout, and stderr too unless kept apart
-};
-
-// Runs a shell command line under a time limit; stderr joins stdout unless
-// `stderr_to` names a file for it.
-Outcome shell(const std::string& command, const std::string& stderr_to = "") {
-  const std::string line = fmt::format("timeout -k 5 120 {} 2>{}", command,
-                                       stderr_to.empty() ? std::string("&1") : stderr_to);
-  Outcome out;
-  FILE* pipe = popen(line.c_str(), "r");
-  if (pipe == nullptr) {
-    ADD_FAILURE() << "popen failed for " << line;
-    return out;
-  }
-  char buf[4096];
-  size_t n = 0;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) {
-    out.output.append(buf, n);
-  }
-  const int status = pclose(pipe);
-  out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return out;
-}
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  }
-  return q + "'";
-}
-
-std::string flashcomm(const std::string& args) {
-  return quote(test::flashcomm_binary()) + " " + args;
-}
+using test::flashcomm;
+using test::Outcome;
+using test::quote;
+using test::shell;
 
 size_t count(const std::string& haystack, const std::string& needle) {
   size_t n = 0;
@@ -85,7 +52,7 @@ TEST(PlanCli, TablePrintsEverySchemeAndTheRecommendation) {
 TEST(PlanCli, JsonParsesAndHoldsOneRecommendationPerTokenCount) {
   const Outcome o = shell(flashcomm("plan --model deepseek-v3-attn --hardware h100-sxm --tp 8 "
                                     "--tokens 1 16384 --memory-budget 6 --json"),
-                          "/dev/null");
+                          120, "/dev/null");
   ASSERT_EQ(o.exit_code, 0) << o.output;
   const nlohmann::json j = nlohmann::json::parse(o.output);
   EXPECT_EQ(j["model"]["q_dim"], 16384);

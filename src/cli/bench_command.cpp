@@ -243,6 +243,7 @@ int bench_main(const BenchCommandOptions& o, int argc, char** argv) {
   MpiSession mpi;
   const int rank = MpiSession::rank();
   log::init(rank, o.log_level);
+  MpiSession::share_cores_among_local_ranks();
   if (MpiSession::size() < ranks) {
     if (rank == 0) {
       fmt::print(stderr, "flashcomm: error: the job has {} ranks but --tp {} needs {}\n",
@@ -267,6 +268,9 @@ int bench_main(const BenchCommandOptions& o, int argc, char** argv) {
     HardwareProfile profile;
     if (!o.hardware.empty()) {
       profile = resolve_profile(o.hardware);
+      // The prediction is of the run being measured: the engine's fp32
+      // elements, whatever width the profile's own hardware would use.
+      profile.activation_bytes = 4;
     } else {
       if (rank == 0) {
         fmt::print(stderr, "calibrating this machine (use --hardware FILE to skip)...\n");

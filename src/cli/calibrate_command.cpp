@@ -61,6 +61,7 @@ int calibrate_main(const CalibrateCommandOptions& opt, int argc, char** argv) {
   }
   MpiSession mpi;
   log::init(MpiSession::rank(), opt.log_level);
+  MpiSession::share_cores_among_local_ranks();
   if (MpiSession::size() != opt.ranks) {
     if (MpiSession::rank() == 0) {
       fmt::print(stderr, "flashcomm: error: the job has {} ranks but --ranks is {}\n",

@@ -19,6 +19,12 @@ class MpiSession {
     FC_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &r));
     return r;
   }
+  // Ranks that share a machine share its cores: unless the user chose
+  // (OPENBLAS_NUM_THREADS), each rank's GEMMs get cores / local ranks
+  // threads, so that oversubscribed ranks do not also oversubscribe BLAS
+  // threads. Collective over the world; call after log::init.
+  static void share_cores_among_local_ranks();
+
   static int size() {
     int s = 0;
     FC_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &s));

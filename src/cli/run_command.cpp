@@ -333,25 +333,6 @@ void print_and_write(const RunOptions& opt, std::vector<json> results, ParallelC
   }
 }
 
-// Ranks that share a machine share its cores: unless the user chose
-// (OPENBLAS_NUM_THREADS), each rank's GEMMs get cores / local ranks threads,
-// so that oversubscribed ranks do not also oversubscribe BLAS threads.
-void share_cores_among_local_ranks() {
-  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr) {
-    return;
-  }
-  MPI_Comm local = MPI_COMM_NULL;
-  FC_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
-  int local_ranks = 1;
-  FC_CHECK_MPI(MPI_Comm_size(local, &local_ranks));
-  FC_CHECK_MPI(MPI_Comm_free(&local));
-  const int cores = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
-  const int threads = std::max(1, cores / local_ranks);
-  kernels::set_blas_threads(threads);
-  log::debug("{} ranks on this machine with {} cores: {} BLAS threads per rank", local_ranks, cores,
-             threads);
-}
-
 void add_run_options(CLI::App& run, RunOptions& o) {
   // A repeated option takes its last value, so wrappers can append overrides.
   run.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -406,7 +387,7 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
   std::string message;
   try {
     log::init(rank, opt.log_level);
-    share_cores_among_local_ranks();
+    MpiSession::share_cores_among_local_ranks();
     prep = prepare(opt, world_size());
     weights = load_llama2c(opt.model);
   } catch (const std::exception& e) {

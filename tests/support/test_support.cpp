@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include <sys/wait.h>
+
 #include <fmt/format.h>
 
 namespace flashcomm::test {
@@ -32,6 +34,36 @@ std::string stories_tokenizer() {
 
 std::string flashcomm_binary() {
   return FLASHCOMM_BINARY;
+}
+
+Outcome shell(const std::string& command, int timeout_s, const std::string& stderr_to) {
+  const std::string line = fmt::format("timeout -k 5 {} {} 2>{}", timeout_s, command,
+                                       stderr_to.empty() ? std::string("&1") : stderr_to);
+  Outcome out;
+  FILE* pipe = popen(line.c_str(), "r");
+  if (pipe == nullptr) {
+    throw std::runtime_error("popen failed for " + line);
+  }
+  char buf[4096];
+  size_t n = 0;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) {
+    out.output.append(buf, n);
+  }
+  const int status = pclose(pipe);
+  out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return out;
+}
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) {
+    q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  }
+  return q + "'";
+}
+
+std::string flashcomm(const std::string& args) {
+  return quote(flashcomm_binary()) + " " + args;
 }
 
 std::vector<ModelConfig> random_test_configs() {

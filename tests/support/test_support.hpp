@@ -19,6 +19,23 @@ std::string stories_tokenizer();  // stories260K/tok512.bin
 // The flashcomm command-line binary built beside the tests.
 std::string flashcomm_binary();
 
+// A command line's result.
+struct Outcome {
+  int exit_code = -1;
+  std::string output;  // stdout, and stderr too unless sent elsewhere
+};
+
+// Runs a shell command line under a hard time limit, so that a hang fails the
+// test with exit code 124 instead of blocking the suite. stderr joins stdout
+// unless `stderr_to` names a file for it.
+Outcome shell(const std::string& command, int timeout_s = 180, const std::string& stderr_to = "");
+
+// `s` single-quoted for the shell.
+std::string quote(const std::string& s);
+
+// The command line that runs the flashcomm binary with `args`.
+std::string flashcomm(const std::string& args);
+
 // Small random models with shapes unlike stories260K, separate classifiers
 // and q_dim != d_model:
 //   [0] n_heads 6, n_kv_heads 3, head_dim 12, d_model 40: TP 1, 3, 6 (6 replicates KV)
