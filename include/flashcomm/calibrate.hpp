@@ -42,6 +42,8 @@ struct Calibration {
 // wrapper, and bytes/s of memcpy (read + write) of `bytes`.
 double measure_gemm_flops(int m, int n, int k, int repeats);
 double measure_memory_bandwidth(std::size_t bytes, int repeats);
+// Median exp() evaluations per second over `count` values.
+double measure_exp_rate(std::size_t count, int repeats);
 
 // Collective over `world`: every rank takes part in every group size (ranks
 // outside the group of a size wait at a barrier). Rank 0's result is complete.

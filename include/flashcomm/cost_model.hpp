@@ -49,6 +49,10 @@ struct HardwareProfile {
   double gemm_flops = 0.0;  // achieved dense GEMM FLOP/s of one rank
   double memory_bandwidth_Bps = 0.0;  // achieved memory bandwidth of one rank
   int activation_bytes = 2;  // bytes per element: 4 for the fp32 CPU engine, 2 for bf16
+  // exp() evaluations per second of one rank (softmax, SiLU); 0 leaves them
+  // out, as on GPUs and NPUs, whose special-function units hide them behind
+  // the memory traffic. On a CPU they can dominate attention.
+  double exp_per_s = 0.0;
   // Per op, fits for the group sizes measured or derived, sorted by size.
   std::map<CommOp, std::vector<CollectiveFit>> collectives;
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <memory>
 
@@ -79,6 +80,26 @@ double measure_memory_bandwidth(std::size_t bytes, int repeats) {
   return median(rates);
 }
 
+double measure_exp_rate(std::size_t count, int repeats) {
+  std::vector<float> x(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    x[i] = -static_cast<float>(i % 1000) * 0.01F;  // softmax inputs: max-shifted, <= 0
+  }
+  std::vector<float> y(count);
+  std::vector<double> rates;
+  for (int r = 0; r < repeats + 1; ++r) {
+    const double t0 = now_s();
+    for (std::size_t i = 0; i < count; ++i) {
+      y[i] = std::exp(x[i]);
+    }
+    const double t = now_s() - t0;
+    if (r > 0) {
+      rates.push_back(static_cast<double>(count) / t);
+    }
+  }
+  return median(rates);
+}
+
 CollectiveFit fit_collective(const std::vector<CollectiveSample>& samples) {
   FC_ASSERT(!samples.empty(), "no samples to fit");
   CollectiveFit fit;
@@ -149,6 +170,7 @@ Calibration calibrate(MPI_Comm world, const CalibrateOptions& options) {
   // A layer-like GEMM: a few hundred tokens against a square weight.
   p.gemm_flops = measure_gemm_flops(256, 1024, 1024, options.repeats);
   p.memory_bandwidth_Bps = measure_memory_bandwidth(std::size_t{64} << 20, options.repeats);
+  p.exp_per_s = measure_exp_rate(std::size_t{1} << 20, options.repeats);
 
   for (int g : sizes) {
     // Ranks [0, g) form the group; the others wait at the barrier below.

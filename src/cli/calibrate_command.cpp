@@ -40,8 +40,10 @@ void print_calibration(const Calibration& cal) {
                  to_string(op), f.group_size, f.latency_s * 1e6, f.bandwidth_Bps / 1e9);
     }
   }
-  fmt::print("sgemm: {:.2f} GFLOP/s per rank; memcpy: {:.2f} GB/s (read + write)\n",
-             cal.profile.gemm_flops / 1e9, cal.profile.memory_bandwidth_Bps / 1e9);
+  fmt::print(
+      "sgemm: {:.2f} GFLOP/s per rank; memcpy: {:.2f} GB/s (read + write); exp: {:.0f} M/s\n",
+      cal.profile.gemm_flops / 1e9, cal.profile.memory_bandwidth_Bps / 1e9,
+      cal.profile.exp_per_s / 1e6);
 }
 
 int calibrate_main(const CalibrateCommandOptions& opt, int argc, char** argv) {

@@ -155,6 +155,13 @@ class LayerBuilder {
   }
 
   // A memory-bound step that reads and writes `elements` elements in all.
+  // `count` exp() evaluations, when the profile rates them.
+  void exps(Phase phase, double count) {
+    if (profile_.exp_per_s > 0) {
+      at(phase).seconds += count / profile_.exp_per_s;
+    }
+  }
+
   void memory(Phase phase, std::int64_t elements) {
     PhaseCost& p = at(phase);
     const double bytes = static_cast<double>(elements) * elem_;
@@ -271,13 +278,21 @@ LayerCost predict_layer(const ModelConfig& model, const ParallelConfig& parallel
   b.gemm(Phase::qkv_proj, s.n, s.d, s.q_local + 2 * s.kv_local);
   b.memory(Phase::qkv_proj, 2 * s.n * (s.q_local + s.kv_local) + s.n * s.kv_local * 4);
 
-  // 4. Causal attention from position 0: n(n+1)/2 (query, key) pairs per
-  // head, 4*head_dim FLOPs each (QK^T and PV), so 2*n*(n+1)*q_local in all;
-  // it reads q, k, v once and writes out [n, q_local].
-  const double pairs = static_cast<double>(s.n) * static_cast<double>(s.n + 1) / 2.0;
+  // 4. Causal attention from position 0, as kernels::attention computes it:
+  // per head, two GEMMs over the full [n, n] score matrix (the masked half
+  // is zeroed, not skipped), so 4*n*n*q_local FLOPs in all; it reads q, k, v
+  // once and writes out [n, q_local]. The softmax then streams the scores,
+  // which this engine materialises: written by QK^T, read for the maximum,
+  // read and written by exp, read and written by the scaling, read by PV,
+  // over n(n+1)/2 live entries per head (a fused kernel such as
+  // FlashAttention would keep them on chip; this models the engine).
+  const double n = static_cast<double>(s.n);
   b.roofline(
-      Phase::attention, 4.0 * pairs * static_cast<double>(s.q_local),
+      Phase::attention, 4.0 * n * n * static_cast<double>(s.q_local),
       static_cast<double>(2 * s.n * s.q_local + 2 * s.n * s.kv_local) * profile.activation_bytes);
+  const std::int64_t q_heads = s.q_local / model.head_dim;
+  b.memory(Phase::attention, 7 * q_heads * s.n * (s.n + 1) / 2);
+  b.exps(Phase::attention, static_cast<double>(q_heads) * n * (n + 1) / 2);
 
   // 5. o_proj and its collectives, by scheme.
   if (s.flashcomm2) {
@@ -298,6 +313,7 @@ LayerCost predict_layer(const ModelConfig& model, const ParallelConfig& parallel
   b.gemm(Phase::gate_up_proj, s.n, s.d, 2 * s.hid);
   // SiLU(gate) * up: read both halves, write one.
   b.memory(Phase::activation, 3 * s.n * s.hid);
+  b.exps(Phase::activation, static_cast<double>(s.n * s.hid));
   b.gemm(Phase::down_proj, s.n, s.hid, s.d);
   reduce_partials(b, Phase::mlp_reduce, s, x);
   b.memory(Phase::mlp_residual, 3 * s.n_res * s.d);

@@ -444,10 +444,11 @@ HardwareProfile load_profile(const std::string& path) {
   if (!j.is_object()) {
     r.fail("the top level", "is not a JSON object");
   }
-  r.only_keys(j,
-              {"name", "description", "source", "gemm_flops", "memory_bandwidth_Bps",
-               "activation_bytes", "collectives", "ranks_per_node", "cross_node_collectives"},
-              "");
+  r.only_keys(
+      j,
+      {"name", "description", "source", "gemm_flops", "memory_bandwidth_Bps", "activation_bytes",
+       "exp_per_s", "collectives", "ranks_per_node", "cross_node_collectives"},
+      "");
 
   HardwareProfile p;
   p.name = r.string(j, "name");
@@ -457,6 +458,9 @@ HardwareProfile load_profile(const std::string& path) {
   p.memory_bandwidth_Bps = r.number(j, "memory_bandwidth_Bps");
   p.activation_bytes = r.integer(j, "activation_bytes");
   p.collectives = r.fits(j, "collectives");
+  if (j.contains("exp_per_s")) {
+    p.exp_per_s = r.number(j, "exp_per_s");
+  }
   if (j.contains("ranks_per_node")) {
     p.ranks_per_node = r.integer(j, "ranks_per_node");
   }
@@ -477,6 +481,9 @@ void save_profile(const HardwareProfile& p, const std::string& path) {
             {"memory_bandwidth_Bps", p.memory_bandwidth_Bps},
             {"activation_bytes", p.activation_bytes},
             {"collectives", fits_json(p.collectives)}};
+  if (p.exp_per_s > 0) {
+    j["exp_per_s"] = p.exp_per_s;
+  }
   if (p.ranks_per_node > 0) {
     j["ranks_per_node"] = p.ranks_per_node;
     j["cross_node_collectives"] = fits_json(p.cross_node_collectives);
