@@ -50,11 +50,22 @@ struct BenchRow {
 };
 
 // Collective over `world` (whose size is at least the largest TP). For each
-// TP size the first tp ranks run; `progress` is called on rank 0 after each
+// TP size the first tp ranks run and the rest sleep; `profile_for(tp)` gives
+// the profile its predictions use; `progress` is called on rank 0 after each
 // row. Rank 0 returns every row.
 std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
-                                const BenchOptions& options, const HardwareProfile& profile,
+                                const BenchOptions& options,
+                                const std::function<const HardwareProfile&(int)>& profile_for,
                                 const std::function<void(const BenchRow&, int, int)>& progress);
+
+// A barrier that sleeps while it waits (MPI_Barrier spins, and ranks idle
+// during a smaller TP size would steal the cores of the ranks being timed).
+void quiet_barrier(MPI_Comm comm);
+
+// The profile's compute rates (sgemm, memcpy, exp) re-measured on the first
+// `ranks` ranks of `world` at once, the others sleeping, so that they share
+// the cores as a TP group of that size does; collective over `world`.
+HardwareProfile with_compute_rates_of(MPI_Comm world, HardwareProfile profile, int ranks);
 
 // The floor of one layer under `profile`: arithmetic at gemm_flops plus every
 // collective's bytes at its fitted bandwidth, no latency, no memory traffic.

@@ -5,8 +5,10 @@
 #include <chrono>
 #include <map>
 #include <random>
+#include <thread>
 
 #include "comm/mpi/mpi_check.hpp"
+#include "flashcomm/calibrate.hpp"
 #include "flashcomm/context.hpp"
 #include "flashcomm/engine.hpp"
 #include "flashcomm/error.hpp"
@@ -42,6 +44,40 @@ std::vector<float> random_hidden(int n_tokens, int d_model, std::uint64_t seed) 
   }
   return h;
 }
+
+}  // namespace
+
+void quiet_barrier(MPI_Comm comm) {
+  MPI_Request request = MPI_REQUEST_NULL;
+  FC_CHECK_MPI(MPI_Ibarrier(comm, &request));
+  int done = 0;
+  while (done == 0) {
+    FC_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    if (done == 0) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+}
+
+HardwareProfile with_compute_rates_of(MPI_Comm world, HardwareProfile profile, int ranks) {
+  int rank = 0;
+  FC_CHECK_MPI(MPI_Comm_rank(world, &rank));
+  double rates[3] = {profile.gemm_flops, profile.memory_bandwidth_Bps, profile.exp_per_s};
+  quiet_barrier(world);
+  if (rank < ranks) {
+    rates[0] = measure_gemm_flops(256, 1024, 1024, 5);
+    rates[1] = measure_memory_bandwidth(std::size_t{64} << 20, 5);
+    rates[2] = measure_exp_rate(std::size_t{1} << 20, 5);
+  }
+  quiet_barrier(world);
+  FC_CHECK_MPI(MPI_Bcast(rates, 3, MPI_DOUBLE, 0, world));
+  profile.gemm_flops = rates[0];
+  profile.memory_bandwidth_Bps = rates[1];
+  profile.exp_per_s = rates[2];
+  return profile;
+}
+
+namespace {
 
 // One (scheme, token count) on the ranks of `comm`; every member returns the row.
 BenchRow measure(MPI_Comm comm, const WeightSource& source, const ParallelConfig& pc, int n_tokens,
@@ -115,7 +151,8 @@ double layer_floor(const LayerCost& cost, const HardwareProfile& profile,
 }
 
 std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
-                                const BenchOptions& options, const HardwareProfile& profile,
+                                const BenchOptions& options,
+                                const std::function<const HardwareProfile&(int)>& profile_for,
                                 const std::function<void(const BenchRow&, int, int)>& progress) {
   int rank = 0;
   int world_size = 0;
@@ -153,6 +190,7 @@ std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
     if (sub != MPI_COMM_NULL) {
       BenchRow row = measure(sub, source, item.pc, item.n_tokens, context, options);
       FC_CHECK_MPI(MPI_Comm_free(&sub));
+      const HardwareProfile& profile = profile_for(tp);
       const LayerCost cost = predict_layer(model, item.pc, item.n_tokens, profile);
       row.predicted_s = cost.total_s;
       row.floor_s = layer_floor(cost, profile, item.pc);
@@ -164,7 +202,7 @@ std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
       }
     }
     // Idle ranks wait here, so no rank runs ahead into the next TP size.
-    FC_CHECK_MPI(MPI_Barrier(world));
+    quiet_barrier(world);
   }
 
   // Speed-ups against plain TP and FlashComm1 of the same TP size and tokens.

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 
@@ -189,7 +190,7 @@ void plot(const std::filesystem::path& dir, const std::string& model,
   }
 }
 
-void report(const BenchCommandOptions& o, const HardwareProfile& profile,
+void report(const BenchCommandOptions& o, const std::map<int, HardwareProfile>& profiles,
             const std::vector<BenchRow>& rows) {
   fmt::print("\n{:>3} {:<28} {:>6} {:>22} {:>9} {:>9} {:>12} {:>6} {:>6} {:>9} {:>7} {:>9} {:>6}\n",
              "tp", "scheme", "tokens", "ms/layer (min-max)", "compute", "comm", "bytes/rank",
@@ -205,10 +206,20 @@ void report(const BenchCommandOptions& o, const HardwareProfile& profile,
         r.floor_s / r.median_s * 100.0);
   }
   fmt::print(
-      "\ntimes in ms per layer; predicted: cost model with profile '{}' (sgemm {:.1f} "
-      "GFLOP/s, memcpy {:.1f} GB/s); floor: FLOPs at the sgemm rate + collective bytes at "
-      "the fitted bandwidth\n",
-      profile.name, profile.gemm_flops / 1e9, profile.memory_bandwidth_Bps / 1e9);
+      "\ntimes in ms per layer; predicted: the cost model; floor: FLOPs at the sgemm rate "
+      "+ collective bytes at the fitted bandwidth\n");
+  json profile_list = json::array();
+  for (const auto& [tp, p] : profiles) {
+    fmt::print(
+        "  TP {}: profile '{}', sgemm {:.1f} GFLOP/s, memcpy {:.1f} GB/s, exp {:.0f} M/s "
+        "per rank\n",
+        tp, p.name, p.gemm_flops / 1e9, p.memory_bandwidth_Bps / 1e9, p.exp_per_s / 1e6);
+    profile_list.push_back({{"tp", tp},
+                            {"name", p.name},
+                            {"gemm_flops", p.gemm_flops},
+                            {"memory_bandwidth_Bps", p.memory_bandwidth_Bps},
+                            {"exp_per_s", p.exp_per_s}});
+  }
 
   const std::filesystem::path dir(o.out);
   std::filesystem::create_directories(dir);
@@ -220,10 +231,7 @@ void report(const BenchCommandOptions& o, const HardwareProfile& profile,
   }
   write_file(dir / "bench.csv", csv);
   const json doc = {{"model", o.model},
-                    {"profile",
-                     {{"name", profile.name},
-                      {"gemm_flops", profile.gemm_flops},
-                      {"memory_bandwidth_Bps", profile.memory_bandwidth_Bps}}},
+                    {"profiles", profile_list},
                     {"warmup", o.warmup},
                     {"repeats", o.repeats},
                     {"rows", list}};
@@ -308,12 +316,23 @@ int bench_main(const BenchCommandOptions& o, int argc, char** argv) {
       fmt::print(stderr, "[{}/{}] tp {} {} tokens {}: {:.3f} ms per layer\n", done, total,
                  r.parallel.tp_size, r.scheme, r.n_tokens, r.median_s * 1e3);
     };
-    const std::vector<BenchRow> rows = run_bench(MPI_COMM_WORLD, *source, bopt, profile, progress);
+    // A calibrated profile's compute rates depend on how many ranks share the
+    // cores: re-measure them for each TP size, as that many ranks run.
+    std::map<int, HardwareProfile> profiles;
+    for (int tp : o.tp) {
+      profiles[tp] =
+          o.hardware.empty() ? with_compute_rates_of(MPI_COMM_WORLD, profile, tp) : profile;
+    }
+    const auto profile_for = [&profiles](int tp) -> const HardwareProfile& {
+      return profiles.at(tp);
+    };
+    const std::vector<BenchRow> rows =
+        run_bench(MPI_COMM_WORLD, *source, bopt, profile_for, progress);
     if (rank == 0) {
       fmt::print("model {} ({} layer{}), {} ranks, warm-up {}, repeats {}\n", o.model,
                  config.n_layers, config.n_layers == 1 ? "" : "s", MpiSession::size(), o.warmup,
                  o.repeats);
-      report(o, profile, rows);
+      report(o, profiles, rows);
     }
   } catch (const std::exception& e) {
     fmt::print(stderr, "flashcomm: error on rank {}: {}\n", rank, e.what());
