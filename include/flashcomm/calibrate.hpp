@@ -42,6 +42,8 @@ struct Calibration {
 // wrapper, and bytes/s of memcpy (read + write) of `bytes`.
 double measure_gemm_flops(int m, int n, int k, int repeats);
 double measure_memory_bandwidth(std::size_t bytes, int repeats);
+// measure_gemm_flops at 4, 16, 64 and 256 rows against a 1024 x 1024 weight.
+std::vector<std::pair<int, double>> measure_gemm_flops_by_rows(int repeats);
 // Median exp() evaluations per second over `count` values.
 double measure_exp_rate(std::size_t count, int repeats);
 

@@ -53,6 +53,10 @@ struct HardwareProfile {
   // out, as on GPUs and NPUs, whose special-function units hide them behind
   // the memory traffic. On a CPU they can dominate attention.
   double exp_per_s = 0.0;
+  // Measured GEMM rates by rows of the activation (m of an m x 1024 x 1024
+  // sgemm), ascending: skinny GEMMs of few tokens run far below gemm_flops on
+  // a CPU. Empty: gemm_flops at every size.
+  std::vector<std::pair<int, double>> gemm_flops_by_rows;
   // Per op, fits for the group sizes measured or derived, sorted by size.
   std::map<CommOp, std::vector<CollectiveFit>> collectives;
 
@@ -63,6 +67,10 @@ struct HardwareProfile {
   int ranks_per_node = 0;
   std::map<CommOp, std::vector<CollectiveFit>> cross_node_collectives;
 };
+
+// The GEMM rate for an activation of `rows` rows: gemm_flops_by_rows
+// interpolated in log(rows) and held at its ends, else gemm_flops.
+double gemm_rate(const HardwareProfile& profile, double rows);
 
 // Seconds of one collective: 0 for a group of 1; otherwise the fit of the
 // nearest group size in the table (the larger one on a tie).

@@ -62,18 +62,24 @@ void quiet_barrier(MPI_Comm comm) {
 HardwareProfile with_compute_rates_of(MPI_Comm world, HardwareProfile profile, int ranks) {
   int rank = 0;
   FC_CHECK_MPI(MPI_Comm_rank(world, &rank));
-  double rates[3] = {profile.gemm_flops, profile.memory_bandwidth_Bps, profile.exp_per_s};
+  // gemm_flops, memory, exp, then the GEMM rate at 4, 16, 64, 256 rows.
+  double rates[7] = {};
   quiet_barrier(world);
   if (rank < ranks) {
     rates[0] = measure_gemm_flops(256, 1024, 1024, 5);
     rates[1] = measure_memory_bandwidth(std::size_t{64} << 20, 5);
     rates[2] = measure_exp_rate(std::size_t{1} << 20, 5);
+    const auto table = measure_gemm_flops_by_rows(5);
+    for (size_t i = 0; i < table.size(); ++i) {
+      rates[3 + i] = table[i].second;
+    }
   }
   quiet_barrier(world);
-  FC_CHECK_MPI(MPI_Bcast(rates, 3, MPI_DOUBLE, 0, world));
+  FC_CHECK_MPI(MPI_Bcast(rates, 7, MPI_DOUBLE, 0, world));
   profile.gemm_flops = rates[0];
   profile.memory_bandwidth_Bps = rates[1];
   profile.exp_per_s = rates[2];
+  profile.gemm_flops_by_rows = {{4, rates[3]}, {16, rates[4]}, {64, rates[5]}, {256, rates[6]}};
   return profile;
 }
 

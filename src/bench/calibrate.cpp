@@ -65,6 +65,14 @@ double measure_gemm_flops(int m, int n, int k, int repeats) {
   return median(rates);
 }
 
+std::vector<std::pair<int, double>> measure_gemm_flops_by_rows(int repeats) {
+  std::vector<std::pair<int, double>> table;
+  for (int rows : {4, 16, 64, 256}) {
+    table.emplace_back(rows, measure_gemm_flops(rows, 1024, 1024, repeats));
+  }
+  return table;
+}
+
 double measure_memory_bandwidth(std::size_t bytes, int repeats) {
   std::vector<char> src(bytes, 1);
   std::vector<char> dst(bytes, 0);
@@ -171,6 +179,7 @@ Calibration calibrate(MPI_Comm world, const CalibrateOptions& options) {
   p.gemm_flops = measure_gemm_flops(256, 1024, 1024, options.repeats);
   p.memory_bandwidth_Bps = measure_memory_bandwidth(std::size_t{64} << 20, options.repeats);
   p.exp_per_s = measure_exp_rate(std::size_t{1} << 20, options.repeats);
+  p.gemm_flops_by_rows = measure_gemm_flops_by_rows(options.repeats);
 
   for (int g : sizes) {
     // Ranks [0, g) form the group; the others wait at the barrier below.

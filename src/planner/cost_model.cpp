@@ -14,6 +14,25 @@
 
 namespace flashcomm {
 
+double gemm_rate(const HardwareProfile& profile, double rows) {
+  const auto& table = profile.gemm_flops_by_rows;
+  if (table.empty()) {
+    return profile.gemm_flops;
+  }
+  if (rows <= table.front().first) {
+    return table.front().second;
+  }
+  for (size_t i = 1; i < table.size(); ++i) {
+    if (rows <= table[i].first) {
+      const double x0 = std::log(table[i - 1].first);
+      const double x1 = std::log(table[i].first);
+      const double t = (std::log(rows) - x0) / (x1 - x0);
+      return table[i - 1].second + t * (table[i].second - table[i - 1].second);
+    }
+  }
+  return table.back().second;
+}
+
 double collective_seconds(const HardwareProfile& profile, CommOp op, int group_size,
                           std::int64_t bytes_sent, bool crosses_nodes) {
   FC_ASSERT(group_size >= 1 && bytes_sent >= 0, "group_size {} bytes_sent {}", group_size,
@@ -144,14 +163,15 @@ class LayerBuilder {
     const double flops =
         2.0 * static_cast<double>(rows) * static_cast<double>(in) * static_cast<double>(out);
     const double bytes = static_cast<double>(rows * in + out * in + rows * out) * elem_;
-    roofline(phase, flops, bytes);
+    roofline(phase, flops, bytes, static_cast<double>(rows));
   }
 
-  void roofline(Phase phase, double flops, double bytes) {
+  // `rows`: the activation rows of the GEMMs, which set their rate.
+  void roofline(Phase phase, double flops, double bytes, double rows) {
     PhaseCost& p = at(phase);
     p.flops += flops;
     p.bytes_moved += bytes;
-    p.seconds += std::max(flops / profile_.gemm_flops, bytes / profile_.memory_bandwidth_Bps);
+    p.seconds += std::max(flops / gemm_rate(profile_, rows), bytes / profile_.memory_bandwidth_Bps);
   }
 
   // A memory-bound step that reads and writes `elements` elements in all.
@@ -289,7 +309,8 @@ LayerCost predict_layer(const ModelConfig& model, const ParallelConfig& parallel
   const double n = static_cast<double>(s.n);
   b.roofline(
       Phase::attention, 4.0 * n * n * static_cast<double>(s.q_local),
-      static_cast<double>(2 * s.n * s.q_local + 2 * s.n * s.kv_local) * profile.activation_bytes);
+      static_cast<double>(2 * s.n * s.q_local + 2 * s.n * s.kv_local) * profile.activation_bytes,
+      n);
   const std::int64_t q_heads = s.q_local / model.head_dim;
   b.memory(Phase::attention, 7 * q_heads * s.n * (s.n + 1) / 2);
   b.exps(Phase::attention, static_cast<double>(q_heads) * n * (n + 1) / 2);

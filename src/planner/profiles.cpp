@@ -446,8 +446,8 @@ HardwareProfile load_profile(const std::string& path) {
   }
   r.only_keys(
       j,
-      {"name", "description", "source", "gemm_flops", "memory_bandwidth_Bps", "activation_bytes",
-       "exp_per_s", "collectives", "ranks_per_node", "cross_node_collectives"},
+      {"name", "description", "source", "gemm_flops", "gemm_flops_by_rows", "memory_bandwidth_Bps",
+       "activation_bytes", "exp_per_s", "collectives", "ranks_per_node", "cross_node_collectives"},
       "");
 
   HardwareProfile p;
@@ -458,6 +458,21 @@ HardwareProfile load_profile(const std::string& path) {
   p.memory_bandwidth_Bps = r.number(j, "memory_bandwidth_Bps");
   p.activation_bytes = r.integer(j, "activation_bytes");
   p.collectives = r.fits(j, "collectives");
+  if (j.contains("gemm_flops_by_rows")) {
+    const json& table = j["gemm_flops_by_rows"];
+    if (!table.is_array()) {
+      r.fail("gemm_flops_by_rows", "is not an array of [rows, flops] pairs");
+    }
+    for (const json& e : table) {
+      if (!e.is_array() || e.size() != 2 || !e[0].is_number_integer() || !e[1].is_number() ||
+          e[0].get<int>() < 1 || !(e[1].get<double>() > 0) ||
+          (!p.gemm_flops_by_rows.empty() && e[0].get<int>() <= p.gemm_flops_by_rows.back().first)) {
+        r.fail("gemm_flops_by_rows",
+               fmt::format("entry {} is not [rows >= 1, flops > 0] in ascending rows", e.dump()));
+      }
+      p.gemm_flops_by_rows.emplace_back(e[0].get<int>(), e[1].get<double>());
+    }
+  }
   if (j.contains("exp_per_s")) {
     p.exp_per_s = r.number(j, "exp_per_s");
   }
@@ -483,6 +498,9 @@ void save_profile(const HardwareProfile& p, const std::string& path) {
             {"collectives", fits_json(p.collectives)}};
   if (p.exp_per_s > 0) {
     j["exp_per_s"] = p.exp_per_s;
+  }
+  if (!p.gemm_flops_by_rows.empty()) {
+    j["gemm_flops_by_rows"] = p.gemm_flops_by_rows;
   }
   if (p.ranks_per_node > 0) {
     j["ranks_per_node"] = p.ranks_per_node;
