@@ -9,6 +9,8 @@
 #include <set>
 #include <tuple>
 
+#include <nlohmann/json.hpp>
+
 #include "flashcomm/cost_model.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/presets.hpp"
@@ -709,6 +711,43 @@ TEST(Planner, RefusesBadRequests) {
   r.memory_budget_gib.reset();
   r.weight_bytes = 0;
   EXPECT_THROW(plan_prefill(r), ConfigError);
+}
+
+}  // namespace
+}  // namespace flashcomm
+
+namespace flashcomm {
+namespace {
+
+TEST(Profiles, GemmRateByRowsInterpolatesAndRoundTrips) {
+  HardwareProfile p = builtin_profile("l40-pcie");
+  EXPECT_DOUBLE_EQ(gemm_rate(p, 7.0), p.gemm_flops) << "no table: the one rate";
+  p.gemm_flops_by_rows = {{4, 1e9}, {16, 3e9}, {256, 9e9}};
+  EXPECT_DOUBLE_EQ(gemm_rate(p, 1.0), 1e9) << "held at the small end";
+  EXPECT_DOUBLE_EQ(gemm_rate(p, 4.0), 1e9);
+  EXPECT_NEAR(gemm_rate(p, 8.0), 2e9, 1e-3) << "halfway in log(rows)";
+  EXPECT_NEAR(gemm_rate(p, 64.0), 6e9, 1e-3);
+  EXPECT_DOUBLE_EQ(gemm_rate(p, 4096.0), 9e9) << "held at the large end";
+  p.exp_per_s = 2e8;
+  const test::TempDir dir("gemm-rows");
+  save_profile(p, dir.file("p.json"));
+  const HardwareProfile back = load_profile(dir.file("p.json"));
+  EXPECT_EQ(back.gemm_flops_by_rows, p.gemm_flops_by_rows);
+  EXPECT_DOUBLE_EQ(back.exp_per_s, p.exp_per_s);
+
+  // Fewer rows, slower GEMM: a 16-token prefill costs more per FLOP.
+  const ModelConfig m = preset_config("llama-3-8b");
+  ParallelConfig pc;
+  const double t16 = predict_layer(m, pc, 16, p).find(Phase::qkv_proj)->seconds;
+  const double t256 = predict_layer(m, pc, 256, p).find(Phase::qkv_proj)->seconds;
+  EXPECT_GT(t16 / 16.0, t256 / 256.0);
+
+  std::ofstream bad(dir.file("bad.json"));
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(dir.file("p.json")));
+  j["gemm_flops_by_rows"] = {{16, 1e9}, {4, 2e9}};
+  bad << j.dump();
+  bad.close();
+  EXPECT_THROW(load_profile(dir.file("bad.json")), FormatError);
 }
 
 }  // namespace
