@@ -58,6 +58,9 @@ std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
                                 const std::function<const HardwareProfile&(int)>& profile_for,
                                 const std::function<void(const BenchRow&, int, int)>& progress);
 
+// "tp", "fc1", "fc2" or "fc1+fc2": the family --schemes names.
+std::string scheme_family(const ParallelConfig& parallel);
+
 // A barrier that sleeps while it waits (MPI_Barrier spins, and ranks idle
 // during a smaller TP size would steal the cores of the ranks being timed).
 void quiet_barrier(MPI_Comm comm);

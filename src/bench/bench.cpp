@@ -25,16 +25,6 @@ double median(std::vector<double> v) {
   return v.size() % 2 == 1 ? v[mid] : 0.5 * (v[mid - 1] + v[mid]);
 }
 
-std::string family_of(const ParallelConfig& pc) {
-  if (pc.flashcomm1 && pc.flashcomm2_on()) {
-    return "fc1+fc2";
-  }
-  if (pc.flashcomm2_on()) {
-    return "fc2";
-  }
-  return pc.flashcomm1 ? "fc1" : "tp";
-}
-
 // Hidden states [n_tokens, d_model], the same on every rank.
 std::vector<float> random_hidden(int n_tokens, int d_model, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -46,6 +36,16 @@ std::vector<float> random_hidden(int n_tokens, int d_model, std::uint64_t seed) 
 }
 
 }  // namespace
+
+std::string scheme_family(const ParallelConfig& pc) {
+  if (pc.flashcomm1 && pc.flashcomm2_on()) {
+    return "fc1+fc2";
+  }
+  if (pc.flashcomm2_on()) {
+    return "fc2";
+  }
+  return pc.flashcomm1 ? "fc1" : "tp";
+}
 
 void quiet_barrier(MPI_Comm comm) {
   MPI_Request request = MPI_REQUEST_NULL;
@@ -175,7 +175,7 @@ std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
   std::vector<Item> items;
   for (int tp : options.tp_sizes) {
     for (const ParallelConfig& pc : candidate_schemes(tp, 1)) {
-      const std::string family = family_of(pc);
+      const std::string family = scheme_family(pc);
       if (!options.schemes.empty() && std::find(options.schemes.begin(), options.schemes.end(),
                                                 family) == options.schemes.end()) {
         continue;
@@ -216,9 +216,9 @@ std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
   std::map<std::pair<int, int>, double> fc1;
   for (const BenchRow& r : rows) {
     const auto key = std::make_pair(r.parallel.tp_size, r.n_tokens);
-    if (family_of(r.parallel) == "tp") {
+    if (scheme_family(r.parallel) == "tp") {
       plain[key] = r.median_s;
-    } else if (family_of(r.parallel) == "fc1") {
+    } else if (scheme_family(r.parallel) == "fc1") {
       fc1[key] = r.median_s;
     }
   }

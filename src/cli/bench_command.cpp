@@ -32,7 +32,7 @@ using nlohmann::json;
 
 struct BenchCommandOptions {
   std::string model;
-  int layers = 0;  // 0: all of a checkpoint, 1 of a preset
+  int layers = -1;  // unset: all of a checkpoint, 1 of a preset
   std::vector<int> tokens = {16, 64, 256};
   std::vector<int> tp = {2};
   std::vector<std::string> schemes;
@@ -48,10 +48,30 @@ bool is_preset(const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
-void check_options(const BenchCommandOptions& o) {
+// Sorted, without repeats: a repeated value would be measured twice and
+// compared with itself.
+template <typename T>
+void sort_unique(std::vector<T>& v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+}
+
+std::string trimmed(const std::string& s) {
+  const auto first = s.find_first_not_of(" \t");
+  const auto last = s.find_last_not_of(" \t");
+  return first == std::string::npos ? std::string() : s.substr(first, last - first + 1);
+}
+
+void check_options(BenchCommandOptions& o) {
   if (o.tokens.empty() || o.tp.empty()) {
     throw ConfigError("--tokens and --tp need at least one value each");
   }
+  sort_unique(o.tokens);
+  sort_unique(o.tp);
+  for (std::string& s : o.schemes) {
+    s = trimmed(s);
+  }
+  sort_unique(o.schemes);
   for (int n : o.tokens) {
     if (n < 1) {
       throw ConfigError(fmt::format("--tokens {} must be at least 1", n));
@@ -67,10 +87,66 @@ void check_options(const BenchCommandOptions& o) {
       throw ConfigError(fmt::format("--schemes {} is not one of tp, fc1, fc2, fc1+fc2", s));
     }
   }
-  if (o.layers < 0 || o.warmup < 0 || o.repeats < 1) {
+  if (o.layers != -1 && o.layers < 1) {
     throw ConfigError(
-        fmt::format("--layers {} must be >= 0, --warmup {} >= 0 and --repeats {} >= 1", o.layers,
-                    o.warmup, o.repeats));
+        fmt::format("--layers {} must be at least 1 (omit it for the default)", o.layers));
+  }
+  if (o.warmup < 0 || o.warmup > 1000) {
+    throw ConfigError(fmt::format("--warmup {} must be between 0 and 1000", o.warmup));
+  }
+  if (o.repeats < 1 || o.repeats > 1000) {
+    throw ConfigError(fmt::format("--repeats {} must be between 1 and 1000", o.repeats));
+  }
+  if (o.out.empty()) {
+    throw ConfigError("--out is empty, expected a directory");
+  }
+  std::error_code error;
+  std::filesystem::create_directories(o.out, error);
+  if (error || !std::filesystem::is_directory(o.out) || access(o.out.c_str(), W_OK) != 0) {
+    throw ConfigError(fmt::format("--out {} is not a writable directory{}{}", o.out,
+                                  error ? ": " : "", error ? error.message() : ""));
+  }
+}
+
+// Bytes one rank holds for a layout: its shard of every layer (FlashComm2's
+// wider o_proj block included) and its KV cache.
+double rank_bytes(const ModelConfig& c, const ParallelConfig& pc) {
+  const HeadShard h = head_shard(c, pc.tp_size, 0);
+  const double d = c.d_model;
+  const double q_local = static_cast<double>(h.n_q_heads) * c.head_dim;
+  const double kv_local = static_cast<double>(h.n_kv_heads) * c.head_dim;
+  const double wo_cols =
+      pc.flashcomm2_on() ? static_cast<double>(c.q_dim()) / pc.otp_size() : q_local;
+  const double hid = static_cast<double>(c.hidden_dim) / pc.tp_size;
+  const double layer = (q_local + 2 * kv_local) * d + d * wo_cols + 3 * d * hid + 2 * d;
+  const double kv_cache = 2.0 * c.seq_len * kv_local;
+  return 4.0 * c.n_layers * (layer + kv_cache);
+}
+
+// The largest TP group's weights must fit the machine: refuse up front
+// rather than be killed by the kernel halfway.
+void check_memory(const BenchCommandOptions& o, const ModelConfig& c, bool from_file) {
+  const double machine =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  const int ranks = o.tp.back();
+  // A checkpoint is read whole by every rank.
+  const double file_bytes = from_file ? static_cast<double>(ranks) *
+                                            static_cast<double>(std::filesystem::file_size(o.model))
+                                      : 0.0;
+  for (int tp : o.tp) {
+    for (const ParallelConfig& pc : candidate_schemes(tp, 1)) {
+      if (!o.schemes.empty() &&
+          std::find(o.schemes.begin(), o.schemes.end(), scheme_family(pc)) == o.schemes.end()) {
+        continue;
+      }
+      const double need = tp * rank_bytes(c, pc) + file_bytes;
+      if (machine > 0 && need > 0.8 * machine) {
+        throw ConfigError(fmt::format(
+            "{} layer(s) of {} at --tp {} ({}) need about {:.1f} GiB, more than 80% of this "
+            "machine's {:.1f} GiB; use fewer --layers or --tokens",
+            c.n_layers, o.model, tp, scheme_name(pc), need / (1 << 30), machine / (1 << 30)));
+      }
+    }
   }
 }
 
@@ -89,12 +165,30 @@ ModelConfig bench_config(const BenchCommandOptions& o) {
         fmt::format("--tokens {} exceeds the model's context (seq_len) {}", longest, c.seq_len));
   }
   c.seq_len = longest;
+  int runnable = 0;
   for (int tp : o.tp) {
     ParallelConfig pc;
     pc.tp_size = tp;
     check_parallel_config(c, pc, -1);
+    for (const ParallelConfig& s : candidate_schemes(tp, 1)) {
+      runnable += o.schemes.empty() || std::find(o.schemes.begin(), o.schemes.end(),
+                                                 scheme_family(s)) != o.schemes.end();
+    }
+  }
+  if (runnable == 0) {
+    throw ConfigError(fmt::format(
+        "no scheme of --schemes {} runs at --tp {} (FlashComm1 and FlashComm2 need TP > 1)",
+        fmt::join(o.schemes, ","), fmt::join(o.tp, ",")));
   }
   return c;
+}
+
+// A speed-up without its baseline in the run (0) is left empty, not zero.
+std::string optional_number(double v) {
+  return v > 0 ? fmt::format("{:.6g}", v) : std::string();
+}
+json optional_json(double v) {
+  return v > 0 ? json(v) : json(nullptr);
 }
 
 std::string csv_header() {
@@ -109,10 +203,11 @@ std::string csv_header() {
 
 std::string csv_row(const std::string& model, const BenchRow& r) {
   std::string line = fmt::format(
-      "{},{},{},\"{}\",{},{},{},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{},{:.6g},{:.6g},{:.9g},{:.9g}",
-      model, r.n_layers, r.parallel.tp_size, r.scheme, r.parallel.flashcomm1 ? 1 : 0,
+      "{},{},{},\"{}\",{},{},{},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{},{},{},{:.9g},{:.9g}", model,
+      r.n_layers, r.parallel.tp_size, r.scheme, r.parallel.flashcomm1 ? 1 : 0,
       r.parallel.flashcomm2, r.n_tokens, r.median_s, r.min_s, r.max_s, r.compute_s, r.comm_s,
-      r.bytes_per_rank, r.speedup_vs_tp, r.speedup_vs_fc1, r.predicted_s, r.floor_s);
+      r.bytes_per_rank, optional_number(r.speedup_vs_tp), optional_number(r.speedup_vs_fc1),
+      r.predicted_s, r.floor_s);
   for (double s : r.phases.seconds) {
     line += fmt::format(",{:.9g}", s);
   }
@@ -137,8 +232,8 @@ json row_json(const BenchRow& r) {
           {"comm_s", r.comm_s},
           {"phases_s", phases},
           {"bytes_per_rank", r.bytes_per_rank},
-          {"speedup_vs_tp", r.speedup_vs_tp},
-          {"speedup_vs_fc1", r.speedup_vs_fc1},
+          {"speedup_vs_tp", optional_json(r.speedup_vs_tp)},
+          {"speedup_vs_fc1", optional_json(r.speedup_vs_fc1)},
           {"predicted_s", r.predicted_s},
           {"floor_s", r.floor_s}};
 }
@@ -183,7 +278,10 @@ void plot(const std::filesystem::path& dir, const std::string& model,
                           (dir / "bench.dat").string(), i, lines[i].first, lines[i].second);
   }
   write_file(dir / "bench.gp", script + "\n");
-  const std::string command = fmt::format("gnuplot '{}' 2>&1", (dir / "bench.gp").string());
+  // gnuplot's own warnings (say, one token count: an empty x range) stay out
+  // of the report; a failure is reported below.
+  const std::string command =
+      fmt::format("gnuplot '{}' >/dev/null 2>&1", (dir / "bench.gp").string());
   if (std::system(command.c_str()) != 0) {
     log::warn("gnuplot failed or is missing (apt-get install gnuplot-nox); the plot script is {}",
               (dir / "bench.gp").string());
@@ -197,12 +295,14 @@ void report(const BenchCommandOptions& o, const std::map<int, HardwareProfile>& 
              "vs TP", "vs FC1", "predicted", "error", "floor", "floor%");
   for (const BenchRow& r : rows) {
     fmt::print(
-        "{:>3} {:<28} {:>6} {:>8.3f} ({:.3f}-{:.3f}) {:>9.3f} {:>9.3f} {:>12} {:>6.2f} {:>6} "
+        "{:>3} {:<28} {:>6} {:>22} {:>9.3f} {:>9.3f} {:>12} {:>6} {:>6} "
         "{:>9.3f} {:>+6.0f}% {:>9.3f} {:>5.0f}%\n",
-        r.parallel.tp_size, r.scheme, r.n_tokens, r.median_s * 1e3, r.min_s * 1e3, r.max_s * 1e3,
-        r.compute_s * 1e3, r.comm_s * 1e3, r.bytes_per_rank, r.speedup_vs_tp,
-        r.speedup_vs_fc1 > 0 ? fmt::format("{:.2f}", r.speedup_vs_fc1) : "-", r.predicted_s * 1e3,
-        (r.predicted_s / r.median_s - 1.0) * 100.0, r.floor_s * 1e3,
+        r.parallel.tp_size, r.scheme, r.n_tokens,
+        fmt::format("{:.3f} ({:.3f}-{:.3f})", r.median_s * 1e3, r.min_s * 1e3, r.max_s * 1e3),
+        r.compute_s * 1e3, r.comm_s * 1e3, r.bytes_per_rank,
+        r.speedup_vs_tp > 0 ? fmt::format("{:.2f}", r.speedup_vs_tp) : std::string("-"),
+        r.speedup_vs_fc1 > 0 ? fmt::format("{:.2f}", r.speedup_vs_fc1) : std::string("-"),
+        r.predicted_s * 1e3, (r.predicted_s / r.median_s - 1.0) * 100.0, r.floor_s * 1e3,
         r.floor_s / r.median_s * 100.0);
   }
   fmt::print(
@@ -237,13 +337,20 @@ void report(const BenchCommandOptions& o, const std::map<int, HardwareProfile>& 
                     {"rows", list}};
   write_file(dir / "bench.json", doc.dump(2) + "\n");
   plot(dir, o.model, rows);
-  fmt::print("wrote {0}/bench.csv, {0}/bench.json, {0}/bench.png\n", dir.string());
+  fmt::print("wrote {0}/bench.csv, {0}/bench.json, {0}/bench.png (from bench.gp and bench.dat)\n",
+             dir.string());
 }
 
-int bench_main(const BenchCommandOptions& o, int argc, char** argv) {
+int bench_main(const BenchCommandOptions& raw, int argc, char** argv) {
+  BenchCommandOptions o = raw;
   check_options(o);
   const ModelConfig config = bench_config(o);
-  const int ranks = *std::max_element(o.tp.begin(), o.tp.end());
+  check_memory(o, config, !is_preset(o.model));
+  std::optional<HardwareProfile> given_profile;
+  if (!o.hardware.empty()) {
+    given_profile = resolve_profile(o.hardware);
+  }
+  const int ranks = o.tp.back();
   if (!under_mpi_launcher() && ranks > 1) {
     log::init(0, o.log_level);
     relaunch_under_mpiexec(argc, argv, ranks);
@@ -274,8 +381,8 @@ int bench_main(const BenchCommandOptions& o, int argc, char** argv) {
     }
 
     HardwareProfile profile;
-    if (!o.hardware.empty()) {
-      profile = resolve_profile(o.hardware);
+    if (given_profile) {
+      profile = *given_profile;
       // The prediction is of the run being measured: the engine's fp32
       // elements, whatever width the profile's own hardware would use.
       profile.activation_bytes = 4;
@@ -329,9 +436,9 @@ int bench_main(const BenchCommandOptions& o, int argc, char** argv) {
     const std::vector<BenchRow> rows =
         run_bench(MPI_COMM_WORLD, *source, bopt, profile_for, progress);
     if (rank == 0) {
-      fmt::print("model {} ({} layer{}), {} ranks, warm-up {}, repeats {}\n", o.model,
-                 config.n_layers, config.n_layers == 1 ? "" : "s", MpiSession::size(), o.warmup,
-                 o.repeats);
+      fmt::print("model {} ({} layer{}), {} rank{}, warm-up {}, repeats {}\n", o.model,
+                 config.n_layers, config.n_layers == 1 ? "" : "s", MpiSession::size(),
+                 MpiSession::size() == 1 ? "" : "s", o.warmup, o.repeats);
       report(o, profiles, rows);
     }
   } catch (const std::exception& e) {

@@ -2,7 +2,11 @@
 // memory bandwidth on N ranks and saves them as a hardware profile.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <memory>
+
+#include <unistd.h>
 
 #include "cli/command.hpp"
 #include "cli/launcher.hpp"
@@ -47,8 +51,25 @@ void print_calibration(const Calibration& cal) {
 }
 
 int calibrate_main(const CalibrateCommandOptions& opt, int argc, char** argv) {
-  if (opt.ranks < 2) {
-    throw ConfigError(fmt::format("--ranks {} must be at least 2", opt.ranks));
+  if (opt.ranks < 2 || opt.ranks > 64) {
+    throw ConfigError(fmt::format("--ranks {} must be between 2 and 64 on one machine", opt.ranks));
+  }
+  std::vector<std::int64_t> distinct = opt.sizes;
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  if (!opt.sizes.empty() && distinct.size() < 2) {
+    throw ConfigError("--sizes needs at least two different sizes to fit latency and bandwidth");
+  }
+  if (!opt.out.empty()) {
+    // Fail before measuring, not after.
+    const std::filesystem::path dir = std::filesystem::absolute(opt.out).parent_path();
+    if (std::filesystem::is_directory(opt.out) || !std::filesystem::is_directory(dir) ||
+        access(dir.c_str(), W_OK) != 0) {
+      throw ConfigError(
+          fmt::format("--out {} cannot be written: expected a file in a writable "
+                      "directory",
+                      opt.out));
+    }
   }
   if (opt.repeats < 1) {
     throw ConfigError(fmt::format("--repeats {} must be at least 1", opt.repeats));
@@ -73,7 +94,7 @@ int calibrate_main(const CalibrateCommandOptions& opt, int argc, char** argv) {
   }
   CalibrateOptions options;
   if (!opt.sizes.empty()) {
-    options.buffer_bytes = opt.sizes;
+    options.buffer_bytes = distinct;
   }
   options.repeats = opt.repeats;
   try {

@@ -184,6 +184,19 @@ int plan_command(const PlanOptions& o) {
   }
   r.weight_bytes = o.weight_bytes;
   check_parallel_config(r.model, {r.dp_size, r.tp_size, false, 0}, -1);
+  // A profile only knows the group sizes it was measured or derived for;
+  // larger groups are predicted from its largest, which says nothing of a
+  // bigger network.
+  for (const auto& [op, fits] : r.profile.collectives) {
+    const int largest = fits.empty() ? 0 : fits.back().group_size;
+    if (r.tp_size > largest && r.profile.ranks_per_node == 0) {
+      fmt::print(stderr,
+                 "flashcomm: warning: profile '{}' has {} fits up to {} ranks; --tp {} is "
+                 "extrapolated from them\n",
+                 r.profile.name, to_string(op), largest, r.tp_size);
+      break;
+    }
+  }
 
   // 2. plan (checks the token counts, budget and weight bytes)
   const Plan plan = plan_prefill(r);
