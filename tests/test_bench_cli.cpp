@@ -118,12 +118,23 @@ TEST(BenchCli, BadInputsAreRefused) {
       {"--model " + model + " --tp 3", "--tp 3 must divide the model's n_heads 8"},
       {"--model " + model + " --tokens 600", "--tokens 600 exceeds the model's context"},
       {"--model no-such-preset", "no-such-preset"},
+      {"--model " + model + " --layers 0", "--layers 0 must be at least 1"},
+      {"--model " + model + " --tp 1 --schemes fc1", "no scheme of --schemes fc1 runs at --tp 1"},
+      {"--model " + model + " --out /etc/passwd", "--out /etc/passwd is not a writable directory"},
+      {"--model " + model + " --repeats 0", "--repeats 0 must be between 1 and 1000"},
+      {"--model " + model + " --hardware no-such-profile", "unknown hardware profile"},
+      {"--model llama-3-70b --layers 80 --tp 2 --tokens 1 --hardware h100-sxm",
+       "use fewer --layers or --tokens"},
   };
   for (const Case& c : cases) {
     const Outcome o = shell(flashcomm("bench " + c.args), 60);
-    EXPECT_NE(o.exit_code, 0) << c.args << "\n" << o.output;
+    EXPECT_EQ(o.exit_code, 2) << c.args << "\n" << o.output;
     EXPECT_NE(o.output.find(c.message), std::string::npos) << c.args << "\n" << o.output;
   }
+  const Outcome one_size = shell(flashcomm("calibrate --sizes 4096"), 60);
+  EXPECT_EQ(one_size.exit_code, 2) << one_size.output;
+  EXPECT_NE(one_size.output.find("at least two different sizes"), std::string::npos)
+      << one_size.output;
 }
 
 }  // namespace

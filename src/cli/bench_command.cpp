@@ -3,6 +3,7 @@
 // random weights), prints measured beside predicted per-layer times, and
 // writes CSV, JSON and a PNG plot (gnuplot).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -153,6 +154,10 @@ void check_memory(const BenchCommandOptions& o, const ModelConfig& c, bool from_
 // The model's configuration with the layers the benchmark runs and a context
 // just long enough for the largest token count.
 ModelConfig bench_config(const BenchCommandOptions& o) {
+  if (!is_preset(o.model) && !std::filesystem::exists(o.model)) {
+    throw ConfigError(fmt::format("--model {} is neither a preset ({}) nor a file", o.model,
+                                  fmt::join(preset_names(), ", ")));
+  }
   ModelConfig c = is_preset(o.model) ? preset_config(o.model) : read_llama2c_config(o.model);
   const int layers = o.layers > 0 ? o.layers : (is_preset(o.model) ? 1 : c.n_layers);
   if (layers > c.n_layers) {
