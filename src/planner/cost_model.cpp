@@ -298,22 +298,29 @@ LayerCost predict_layer(const ModelConfig& model, const ParallelConfig& parallel
   b.gemm(Phase::qkv_proj, s.n, s.d, s.q_local + 2 * s.kv_local);
   b.memory(Phase::qkv_proj, 2 * s.n * (s.q_local + s.kv_local) + s.n * s.kv_local * 4);
 
-  // 4. Causal attention from position 0, as kernels::attention computes it:
-  // per head, two GEMMs over the full [n, n] score matrix (the masked half
-  // is zeroed, not skipped), so 4*n*n*q_local FLOPs in all; it reads q, k, v
-  // once and writes out [n, q_local]. The softmax then streams the scores,
-  // which this engine materialises: written by QK^T, read for the maximum,
-  // read and written by exp, read and written by the scaling, read by PV,
-  // over n(n+1)/2 live entries per head (a fused kernel such as
-  // FlashAttention would keep them on chip; this models the engine).
+  // 4. Causal attention from position 0. Two kernels are modelled:
+  // - this engine's (a profile that rates exp(), i.e. a calibrated CPU):
+  //   per head two GEMMs over the full [n, n] score matrix (the masked half
+  //   zeroed, not skipped): 4*n*n*q_local FLOPs; the scores are materialised
+  //   and streamed by the softmax (written by QK^T, read for the maximum,
+  //   read and written by exp, read and written by the scaling, read by PV)
+  //   over n(n+1)/2 live entries per head, with one exp() each;
+  // - a fused, causal-skipping kernel such as FlashAttention (GPU and NPU
+  //   profiles): 2*n*(n+1)*q_local FLOPs, scores kept on chip.
+  // Both read q, k, v once and write out [n, q_local].
   const double n = static_cast<double>(s.n);
+  const bool engine_kernel = profile.exp_per_s > 0;
+  const double attention_flops = engine_kernel ? 4.0 * n * n * static_cast<double>(s.q_local)
+                                               : 2.0 * n * (n + 1) * static_cast<double>(s.q_local);
   b.roofline(
-      Phase::attention, 4.0 * n * n * static_cast<double>(s.q_local),
+      Phase::attention, attention_flops,
       static_cast<double>(2 * s.n * s.q_local + 2 * s.n * s.kv_local) * profile.activation_bytes,
       n);
-  const std::int64_t q_heads = s.q_local / model.head_dim;
-  b.memory(Phase::attention, 7 * q_heads * s.n * (s.n + 1) / 2);
-  b.exps(Phase::attention, static_cast<double>(q_heads) * n * (n + 1) / 2);
+  if (engine_kernel) {
+    const std::int64_t q_heads = s.q_local / model.head_dim;
+    b.memory(Phase::attention, 7 * q_heads * s.n * (s.n + 1) / 2);
+    b.exps(Phase::attention, static_cast<double>(q_heads) * n * (n + 1) / 2);
+  }
 
   // 5. o_proj and its collectives, by scheme.
   if (s.flashcomm2) {
