@@ -8,6 +8,7 @@
 #include "flashcomm/comm.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/layout.hpp"
+#include "flashcomm/presets.hpp"
 
 namespace flashcomm {
 namespace {
@@ -142,17 +143,9 @@ TEST(Layout, Padding) {
   }
 }
 
+// The shapes whose messages the README quotes.
 ModelConfig stories_like() {
-  ModelConfig m;
-  m.d_model = 64;
-  m.hidden_dim = 172;
-  m.n_layers = 5;
-  m.n_heads = 8;
-  m.n_kv_heads = 4;
-  m.head_dim = 8;
-  m.vocab_size = 512;
-  m.seq_len = 512;
-  return m;
+  return preset_config("stories260K");
 }
 
 TEST(Layout, HeadShards) {
