@@ -170,18 +170,6 @@ std::uint64_t fingerprint(const RunOptions& opt, const Prepared& p) {
   return std::hash<std::string>{}(text);
 }
 
-int world_rank() {
-  int rank = 0;
-  FC_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
-  return rank;
-}
-
-int world_size() {
-  int size = 0;
-  FC_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
-  return size;
-}
-
 int allreduce_int(int value, MPI_Op op) {
   int result = value;
   FC_CHECK_MPI(MPI_Allreduce(&value, &result, 1, MPI_INT, op, MPI_COMM_WORLD));
@@ -247,8 +235,8 @@ std::vector<json> gather_json(const json& mine, bool send) {
   const std::string text =
       send ? mine.dump(-1, ' ', false, json::error_handler_t::replace) : std::string();
   const int len = static_cast<int>(text.size());
-  const int rank = world_rank();
-  const int size = world_size();
+  const int rank = MpiSession::rank();
+  const int size = MpiSession::size();
   std::vector<int> lens(static_cast<size_t>(size));
   FC_CHECK_MPI(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, MPI_COMM_WORLD));
   std::vector<int> offsets(static_cast<size_t>(size), 0);
@@ -378,7 +366,7 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
   }
 
   MpiSession mpi;
-  const int rank = world_rank();
+  const int rank = MpiSession::rank();
 
   // 1. prepare, and agree on it before anyone computes.
   Prepared prep;
@@ -388,7 +376,7 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
   try {
     log::init(rank, opt.log_level);
     MpiSession::share_cores_among_local_ranks();
-    prep = prepare(opt, world_size());
+    prep = prepare(opt, MpiSession::size());
     weights = load_llama2c(opt.model);
   } catch (const std::exception& e) {
     code = exit_code_for(e);
