@@ -752,3 +752,32 @@ TEST(Profiles, GemmRateByRowsInterpolatesAndRoundTrips) {
 
 }  // namespace
 }  // namespace flashcomm
+
+namespace flashcomm {
+namespace {
+
+TEST(Presets, AnyShapeFromAString) {
+  const auto m =
+      named_model("shape:d_model=4096,n_heads=32,n_kv_heads=8,hidden_dim=14336,n_layers=2");
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->d_model, 4096);
+  EXPECT_EQ(m->head_dim, 128) << "d_model / n_heads";
+  EXPECT_EQ(m->n_layers, 2);
+  EXPECT_EQ(m->vocab_size, 32000);
+  const auto q = named_model(
+      "shape:d_model=7168,n_heads=128,head_dim=128,n_kv_heads=128,"
+      "hidden_dim=18432,n_layers=1,seq_len=65536");
+  ASSERT_TRUE(q.has_value());
+  EXPECT_EQ(q->q_dim(), 16384);
+  EXPECT_EQ(q->seq_len, 65536);
+  EXPECT_EQ(named_model("llama-3-8b")->d_model, 4096);
+  EXPECT_FALSE(named_model("/some/file.bin").has_value());
+  for (const char* bad : {"shape:d_model=4096", "shape:d_model=x,n_heads=2", "shape:width=3",
+                          "shape:d_model=10,n_heads=3,n_kv_heads=1,hidden_dim=4,n_layers=1",
+                          "shape:d_model=64,n_heads=8,n_kv_heads=3,hidden_dim=4,n_layers=1"}) {
+    EXPECT_THROW(named_model(bad), ConfigError) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace flashcomm

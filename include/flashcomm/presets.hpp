@@ -3,6 +3,7 @@
 // ModelConfig alone.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,5 +17,12 @@ ModelConfig preset_config(const std::string& name);
 
 // Every preset's name, in a fixed order.
 std::vector<std::string> preset_names();
+
+// A model named without weights: a preset name, or any shape as
+// "shape:d_model=4096,n_heads=32,n_kv_heads=8,hidden_dim=14336,n_layers=32"
+// (head_dim defaults to d_model/n_heads, vocab_size to 32000, seq_len to
+// 4096; the other keys are required). nullopt when `name` is neither (a
+// file, say); ConfigError naming the key for a bad shape.
+std::optional<ModelConfig> named_model(const std::string& name);
 
 }  // namespace flashcomm

@@ -44,9 +44,9 @@ struct BenchCommandOptions {
   std::string log_level;
 };
 
+// A preset or a shape: seeded random weights, no file.
 bool is_preset(const std::string& name) {
-  const auto names = preset_names();
-  return std::find(names.begin(), names.end(), name) != names.end();
+  return named_model(name).has_value();
 }
 
 // Sorted, without repeats: a repeated value would be measured twice and
@@ -155,10 +155,10 @@ void check_memory(const BenchCommandOptions& o, const ModelConfig& c, bool from_
 // just long enough for the largest token count.
 ModelConfig bench_config(const BenchCommandOptions& o) {
   if (!is_preset(o.model) && !std::filesystem::exists(o.model)) {
-    throw ConfigError(fmt::format("--model {} is neither a preset ({}) nor a file", o.model,
-                                  fmt::join(preset_names(), ", ")));
+    throw ConfigError(fmt::format("--model {} is neither a preset ({}), a shape:... nor a file",
+                                  o.model, fmt::join(preset_names(), ", ")));
   }
-  ModelConfig c = is_preset(o.model) ? preset_config(o.model) : read_llama2c_config(o.model);
+  ModelConfig c = is_preset(o.model) ? *named_model(o.model) : read_llama2c_config(o.model);
   const int layers = o.layers > 0 ? o.layers : (is_preset(o.model) ? 1 : c.n_layers);
   if (layers > c.n_layers) {
     throw ConfigError(fmt::format("--layers {} exceeds the model's {} layers", layers, c.n_layers));

@@ -44,15 +44,16 @@ constexpr double kMiB = 1024.0 * 1024.0;
 
 // A preset name first; anything else must be a checkpoint file.
 ModelConfig resolve_model(const std::string& name_or_path) {
-  const std::vector<std::string> names = preset_names();
-  if (std::find(names.begin(), names.end(), name_or_path) != names.end()) {
-    return preset_config(name_or_path);
+  if (const std::optional<ModelConfig> named = named_model(name_or_path)) {
+    return *named;
   }
+  const std::vector<std::string> names = preset_names();
   if (std::filesystem::is_regular_file(name_or_path)) {
     return read_llama2c_config(name_or_path);
   }
   throw ConfigError(
-      fmt::format("--model {}: not a model preset ({}) and no such llama2.c checkpoint file",
+      fmt::format("--model {}: not a model preset ({}), a shape:... and no such llama2.c "
+                  "checkpoint file",
                   name_or_path, fmt::join(names, ", ")));
 }
 

@@ -3,6 +3,7 @@
 // in the comments are those of config.json). Only shapes matter here: the
 // planner predicts times and bytes, it never loads these weights.
 #include "flashcomm/presets.hpp"
+#include <optional>
 
 #include <algorithm>
 #include <functional>
@@ -157,6 +158,79 @@ ModelConfig preset_config(const std::string& name) {
   }
   throw ConfigError(fmt::format("unknown model preset '{}': the presets are {}", name,
                                 fmt::join(preset_names(), ", ")));
+}
+
+std::optional<ModelConfig> named_model(const std::string& name) {
+  const std::vector<std::string> names = preset_names();
+  if (std::find(names.begin(), names.end(), name) != names.end()) {
+    return preset_config(name);
+  }
+  const std::string prefix = "shape:";
+  if (name.rfind(prefix, 0) != 0) {
+    return std::nullopt;
+  }
+  ModelConfig c;
+  c.vocab_size = 32000;
+  c.seq_len = 4096;
+  c.shared_classifier = false;
+  const std::pair<const char*, int ModelConfig::*> keys[] = {
+      {"d_model", &ModelConfig::d_model},       {"hidden_dim", &ModelConfig::hidden_dim},
+      {"n_layers", &ModelConfig::n_layers},     {"n_heads", &ModelConfig::n_heads},
+      {"n_kv_heads", &ModelConfig::n_kv_heads}, {"head_dim", &ModelConfig::head_dim},
+      {"vocab_size", &ModelConfig::vocab_size}, {"seq_len", &ModelConfig::seq_len},
+  };
+  std::string rest = name.substr(prefix.size());
+  while (!rest.empty()) {
+    const size_t comma = rest.find(',');
+    const std::string item = rest.substr(0, comma);
+    rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq);
+    const std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
+    int ModelConfig::*field = nullptr;
+    for (const auto& [k, f] : keys) {
+      if (key == k) {
+        field = f;
+      }
+    }
+    if (field == nullptr) {
+      throw ConfigError(fmt::format(
+          "{}: '{}' is not one of d_model, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, "
+          "vocab_size, seq_len",
+          name, key));
+    }
+    size_t used = 0;
+    int parsed = 0;
+    try {
+      parsed = std::stoi(value, &used, 10);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (value.empty() || used != value.size() || parsed < 1) {
+      throw ConfigError(fmt::format("{}: {}={} is not a positive integer", name, key, value));
+    }
+    c.*field = parsed;
+  }
+  for (const char* required : {"d_model", "hidden_dim", "n_layers", "n_heads", "n_kv_heads"}) {
+    for (const auto& [k, f] : keys) {
+      if (std::string(k) == required && c.*f == 0) {
+        throw ConfigError(fmt::format("{}: {} is missing", name, required));
+      }
+    }
+  }
+  if (c.head_dim == 0) {
+    if (c.d_model % c.n_heads != 0) {
+      throw ConfigError(fmt::format("{}: give head_dim, d_model {} is not a multiple of n_heads {}",
+                                    name, c.d_model, c.n_heads));
+    }
+    c.head_dim = c.d_model / c.n_heads;
+  }
+  try {
+    check_config(c, name);
+  } catch (const FormatError& e) {
+    throw ConfigError(e.what());
+  }
+  return c;
 }
 
 }  // namespace flashcomm
