@@ -51,10 +51,8 @@ ModelConfig resolve_model(const std::string& name_or_path) {
   if (std::filesystem::is_regular_file(name_or_path)) {
     return read_llama2c_config(name_or_path);
   }
-  throw ConfigError(
-      fmt::format("--model {}: not a model preset ({}), a shape:... and no such llama2.c "
-                  "checkpoint file",
-                  name_or_path, fmt::join(names, ", ")));
+  throw ConfigError(fmt::format("--model {} is neither a preset ({}), a shape:... nor a file",
+                                name_or_path, fmt::join(names, ", ")));
 }
 
 // "1.23x", or "-" when there is nothing to compare with.
