@@ -17,11 +17,13 @@
 
 #include "flashcomm/engine.hpp"
 #include "flashcomm/model.hpp"
+#include "flashcomm/presets.hpp"
 #include "test_support.hpp"
 
 namespace flashcomm {
 namespace {
 
+using test::count;
 using test::flashcomm;
 using test::Outcome;
 using test::quote;
@@ -45,15 +47,6 @@ const char* kGoldenStory =
 
 std::string squash_spaces(const std::string& s) {
   return std::regex_replace(s, std::regex("\\s+"), " ");
-}
-
-size_t count(const std::string& haystack, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = haystack.find(needle); at != std::string::npos;
-       at = haystack.find(needle, at + 1)) {
-    ++n;
-  }
-  return n;
 }
 
 void expect_golden(const Outcome& o) {
@@ -163,15 +156,9 @@ TEST(Cli, BadLayoutsUnderMpiexecAreRefusedOnceOnEveryRank) {
 }
 
 TEST(Cli, KvHeadsThatNeitherShardNorReplicateAreRefused) {
-  ModelConfig c;
-  c.d_model = 48;
-  c.hidden_dim = 96;
-  c.n_layers = 1;
-  c.n_heads = 12;
-  c.n_kv_heads = 4;
-  c.head_dim = 4;
-  c.vocab_size = 512;
-  c.seq_len = 32;
+  const ModelConfig c = *named_model(
+      "shape:d_model=48,hidden_dim=96,n_layers=1,n_heads=12,n_kv_heads=4,head_dim=4,vocab_size=512,"
+      "seq_len=32");
   const test::TempDir dir("kv");
   const std::string path = dir.file("model.bin");
   save_llama2c(random_weights(c, 7), path, 1);
@@ -207,15 +194,9 @@ TEST(Cli, BadFlagsAndFiles) {
 }
 
 TEST(Cli, StopsAtTheContextEnd) {
-  ModelConfig c;
-  c.d_model = 16;
-  c.hidden_dim = 32;
-  c.n_layers = 1;
-  c.n_heads = 2;
-  c.n_kv_heads = 2;
-  c.head_dim = 8;
-  c.vocab_size = 512;
-  c.seq_len = 10;
+  const ModelConfig c = *named_model(
+      "shape:d_model=16,hidden_dim=32,n_layers=1,n_heads=2,n_kv_heads=2,head_dim=8,vocab_size=512,"
+      "seq_len=10");
   const test::TempDir dir("ctx");
   const ModelWeights model = random_weights(c, 3);
   save_llama2c(model, dir.file("model.bin"), 0);
@@ -226,21 +207,25 @@ TEST(Cli, StopsAtTheContextEnd) {
   std::ifstream file(dir.file("r.json"));
   const auto report = nlohmann::json::parse(file);
 
-  // The reference greedy loop: stop before BOS, or when BOS plus the new
-  // tokens fill the context of 10.
+  // The reference greedy loop, as llama2.c runs it: at most seq_len tokens
+  // are fed (BOS and then each new token but the last), so BOS is followed by
+  // at most seq_len new tokens; BOS ends the story earlier.
   ReferenceModel reference(model);
   std::vector<int> expected;
   std::vector<float> logits = reference.step(1);
-  while (1 + static_cast<int>(expected.size()) < c.seq_len) {
+  int fed = 1;
+  for (;;) {
     const int next =
         static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     if (next == 1) {
       break;
     }
     expected.push_back(next);
-    if (1 + static_cast<int>(expected.size()) < c.seq_len) {
-      logits = reference.step(next);
+    if (fed == c.seq_len) {
+      break;
     }
+    logits = reference.step(next);
+    ++fed;
   }
   EXPECT_EQ(report["generated_tokens"].get<std::vector<int>>(), expected);
 }
@@ -301,15 +286,9 @@ TEST(Cli, AReportThatCannotBeWrittenFails) {
 
 TEST(Cli, AHugeContextCostsOnlyWhatTheRunNeeds) {
   // seq_len 4M with 64 layers would need GiBs of KV cache if sized by seq_len.
-  ModelConfig c;
-  c.d_model = 8;
-  c.hidden_dim = 16;
-  c.n_layers = 64;
-  c.n_heads = 2;
-  c.n_kv_heads = 2;
-  c.head_dim = 4;
-  c.vocab_size = 512;
-  c.seq_len = 1 << 22;
+  const ModelConfig c = *named_model(
+      "shape:d_model=8,hidden_dim=16,n_layers=64,n_heads=2,n_kv_heads=2,head_dim=4,vocab_size=512,"
+      "seq_len=4194304");
   const test::TempDir dir("bigctx");
   save_llama2c(random_weights(c, 5), dir.file("model.bin"), 1);
   const Outcome o =

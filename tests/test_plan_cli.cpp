@@ -21,19 +21,11 @@
 namespace flashcomm {
 namespace {
 
+using test::count;
 using test::flashcomm;
 using test::Outcome;
 using test::quote;
 using test::shell;
-
-size_t count(const std::string& haystack, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = haystack.find(needle); at != std::string::npos;
-       at = haystack.find(needle, at + 1)) {
-    ++n;
-  }
-  return n;
-}
 
 TEST(PlanCli, TablePrintsEverySchemeAndTheRecommendation) {
   const Outcome o =

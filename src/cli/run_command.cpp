@@ -333,7 +333,8 @@ void add_run_options(CLI::App& run, RunOptions& o) {
                  "empty or absent: start from BOS alone")
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  run.add_option("--steps", o.steps, "new tokens to generate (stops at BOS or the context end)")
+  run.add_option("--steps", o.steps,
+                 "new tokens to generate (stops at BOS or when the context is full)")
       ->capture_default_str()
       ->transform(decimal_integer());
   run.add_option("--tp", o.parallel.tp_size, "tensor-parallel size")

@@ -54,6 +54,15 @@ Outcome shell(const std::string& command, int timeout_s, const std::string& stde
   return out;
 }
 
+size_t count(const std::string& haystack, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = haystack.find(needle); at != std::string::npos;
+       at = haystack.find(needle, at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
 std::string quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) {

@@ -30,6 +30,9 @@ struct Outcome {
 // unless `stderr_to` names a file for it.
 Outcome shell(const std::string& command, int timeout_s = 180, const std::string& stderr_to = "");
 
+// Occurrences of `needle` in `haystack` (a message must appear exactly once).
+size_t count(const std::string& haystack, const std::string& needle);
+
 // `s` single-quoted for the shell.
 std::string quote(const std::string& s);
 
