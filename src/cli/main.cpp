@@ -2,6 +2,8 @@
 // 2 bad flags or configuration, 3 bad file, 4 communication failure.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <sstream>
 #include <vector>
 
 #include "cli/command.hpp"
@@ -10,6 +12,18 @@
 #include "cli/run_command.hpp"
 
 namespace {
+
+// Flags are parsed before MPI starts; when the ranks were started by
+// mpiexec, only the first one prints a parse error (every rank still exits
+// with its code), so the message appears once.
+bool first_rank_or_alone() {
+  for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"}) {
+    if (const char* value = std::getenv(var); value != nullptr) {
+      return std::atoi(value) == 0;
+    }
+  }
+  return true;
+}
 
 int flashcomm_main(int argc, char** argv) {
   CLI::App app{"flashcomm: communication-efficient tensor-parallel LLM inference"};
@@ -25,7 +39,13 @@ int flashcomm_main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
+    std::ostringstream out;
+    std::ostringstream err;
+    const int code = app.exit(e, out, err);
+    if (first_rank_or_alone()) {
+      std::fputs(out.str().c_str(), stdout);
+      std::fputs(err.str().c_str(), stderr);
+    }
     return code == 0 ? 0 : flashcomm::cli::kExitUsage;
   }
   for (const flashcomm::cli::Command& command : commands) {

@@ -460,6 +460,13 @@ CLI::Validator decimal_integer() {
         while (text.size() > digits + 1 && text[digits] == '0') {
           text.erase(digits, 1);
         }
+        // Every count is an int; CLI11 would only say it could not convert.
+        errno = 0;
+        const long long value = std::strtoll(text.c_str(), nullptr, 10);
+        if (errno == ERANGE || value < INT_MIN || value > INT_MAX) {
+          return fmt::format("{} is out of range, expected a decimal integer from {} to {}", text,
+                             INT_MIN, INT_MAX);
+        }
         return {};
       },
       "INT", "decimal");
