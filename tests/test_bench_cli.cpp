@@ -6,8 +6,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "flashcomm/cost_model.hpp"
 #include "flashcomm/model.hpp"
@@ -21,6 +24,47 @@ using test::Outcome;
 using test::quote;
 using test::shell;
 
+// One row of calibrate's collectives table.
+struct TableRow {
+  std::string op;
+  std::string algorithm;
+  double time_us = 0.0;
+};
+
+// The rows of the table under the header holding busbw_GB/s:
+// "bytes op ranks algorithm (one or more words) time_us algbw busbw".
+std::vector<TableRow> collective_rows(const std::string& output) {
+  std::vector<TableRow> rows;
+  std::istringstream lines(output);
+  std::string line;
+  bool in_table = false;
+  while (std::getline(lines, line)) {
+    if (line.find("busbw_GB/s") != std::string::npos) {
+      in_table = true;
+      continue;
+    }
+    if (!in_table) {
+      continue;
+    }
+    std::istringstream words(line);
+    std::vector<std::string> w{std::istream_iterator<std::string>(words), {}};
+    if (line.rfind("  ", 0) != 0 || w.size() < 7 ||
+        w[0].find_first_not_of("0123456789") != std::string::npos) {
+      break;
+    }
+    TableRow r;
+    r.op = w[1];
+    for (std::size_t i = 3; i + 3 < w.size(); ++i) {
+      r.algorithm += (i > 3 ? " " : "") + w[i];
+    }
+    r.time_us = std::stod(w[w.size() - 3]);
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+const std::set<std::string> kOpNames = {"all_reduce", "reduce_scatter", "all_gather", "all_to_all"};
+
 TEST(CalibrateCli, WritesAProfileTheCostModelLoads) {
   const test::TempDir dir("calibrate");
   const Outcome o = shell(flashcomm("calibrate --ranks 2 --repeats 2 --sizes 4096,65536 --out " +
@@ -28,6 +72,13 @@ TEST(CalibrateCli, WritesAProfileTheCostModelLoads) {
                           120);
   ASSERT_EQ(o.exit_code, 0) << o.output;
   EXPECT_NE(o.output.find("busbw_GB/s"), std::string::npos) << o.output;
+  EXPECT_EQ(o.output.find("warning"), std::string::npos) << o.output;
+  const std::vector<TableRow> rows = collective_rows(o.output);
+  EXPECT_EQ(rows.size(), 8U) << "4 ops x 2 sizes, the default only\n" << o.output;
+  for (const TableRow& r : rows) {
+    EXPECT_EQ(r.algorithm, "default (MPI decides)") << o.output;
+    EXPECT_EQ(kOpNames.count(r.op), 1U) << r.op;
+  }
   const HardwareProfile p = load_profile(dir.file("p.json"));
   EXPECT_GT(p.gemm_flops, 0.0);
   EXPECT_GT(p.memory_bandwidth_Bps, 0.0);
@@ -37,6 +88,61 @@ TEST(CalibrateCli, WritesAProfileTheCostModelLoads) {
     EXPECT_EQ(fits[0].group_size, 2);
     EXPECT_GT(fits[0].bandwidth_Bps, 0.0);
     EXPECT_GE(fits[0].latency_s, 0.0);
+  }
+}
+
+TEST(CalibrateCli, AlgorithmsTimesEveryForcedAlgorithmByNameAndSavesThem) {
+  const test::TempDir dir("calibrate-algorithms");
+  const Outcome o =
+      shell(flashcomm("calibrate --ranks 2 --algorithms --repeats 1 --sizes 4096,65536 --out " +
+                      quote(dir.file("p.json"))),
+            180);
+  ASSERT_EQ(o.exit_code, 0) << o.output;
+  EXPECT_EQ(o.output.find("warning"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("an inference by timing"), std::string::npos) << o.output;
+  std::map<std::string, std::set<std::string>> named;
+  for (const TableRow& r : collective_rows(o.output)) {
+    EXPECT_GT(r.time_us, 0.0) << r.op << " " << r.algorithm;
+    named[r.op].insert(r.algorithm);
+  }
+  ASSERT_EQ(named.size(), 4U) << o.output;
+  for (const auto& [op, algorithms] : named) {
+    EXPECT_EQ(algorithms.count("default (MPI decides)"), 1U) << op;
+    EXPECT_GE(algorithms.size(), 3U) << op << ": the default and two named algorithms\n"
+                                     << o.output;
+  }
+
+  EXPECT_NO_THROW(load_profile(dir.file("p.json")));
+  std::ifstream file(dir.file("p.json"));
+  const auto doc = nlohmann::json::parse(file);
+  const auto& samples = doc["calibration"]["samples"];
+  for (const std::string& op : kOpNames) {
+    std::set<std::string> names;
+    for (const auto& s : samples[op]) {
+      names.insert(s["algorithm"].get<std::string>());
+    }
+    EXPECT_EQ(names.count("default"), 1U) << op;
+    EXPECT_GE(names.size(), 3U) << op << ": " << samples.dump();
+  }
+  EXPECT_EQ(doc["calibration"]["default_vs_forced"].size(), 8U) << "4 ops x 2 sizes";
+}
+
+TEST(CalibrateCli, AlgorithmsWithoutCollTunedWarnsAndTimesTheDefault) {
+  const Outcome o =
+      shell("env OMPI_MCA_coll=^tuned " + flashcomm("calibrate --ranks 2 --algorithms --repeats 1 "
+                                                    "--sizes 4096,65536"),
+            180);
+  ASSERT_EQ(o.exit_code, 0) << o.output;
+  EXPECT_EQ(test::count(o.output,
+                        "flashcomm: warning: cannot force the algorithm of all_reduce, "
+                        "reduce_scatter, all_gather, all_to_all: control variable "
+                        "coll_tuned_use_dynamic_rules not found"),
+            1U)
+      << o.output;
+  const std::vector<TableRow> rows = collective_rows(o.output);
+  EXPECT_EQ(rows.size(), 8U) << o.output;
+  for (const TableRow& r : rows) {
+    EXPECT_EQ(r.algorithm, "default (MPI decides)") << o.output;
   }
 }
 

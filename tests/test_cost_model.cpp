@@ -524,6 +524,12 @@ TEST(Profiles, JsonLoadsAndBadProfilesAreRefusedWithTheField) {
                      "collectives.all_reduce[0].latency is not a field");
   expect_bad_profile(replaced(g, R"("name": "mine",)", R"("name": "mine", "ranks_per_node": 8,)"),
                      "cross_node_collectives is missing (required when ranks_per_node > 0)");
+  expect_bad_profile(replaced(g, R"("name": "mine",)", R"("name": "mine", "calibration": [],)"),
+                     "calibration is not an object");
+  // calibrate's measurements beside the profile are kept out of the cost model.
+  write(dir.file("calibrated.json"),
+        replaced(g, R"("name": "mine",)", R"("name": "mine", "calibration": {"samples": {}},)"));
+  EXPECT_EQ(load_profile(dir.file("calibrated.json")).name, "mine");
   EXPECT_THROW(load_profile(dir.file("absent.json")), FormatError);
 }
 

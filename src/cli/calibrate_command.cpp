@@ -16,6 +16,7 @@
 #include "flashcomm/calibrate.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/log.hpp"
+#include "flashcomm/mpi_algorithms.hpp"
 
 namespace flashcomm::cli {
 
@@ -27,17 +28,47 @@ struct CalibrateCommandOptions {
   int repeats = 9;
   std::string out;
   std::string log_level;
+  bool algorithms = false;
 };
 
+// How the table names the library's own choice.
+constexpr const char* kDefaultLabel = "default (MPI decides)";
+
+std::string algorithm_label(const std::string& algorithm) {
+  return algorithm == kDefaultAlgorithm ? kDefaultLabel : algorithm;
+}
+
 void print_calibration(const Calibration& cal) {
-  fmt::print("collectives ({}; the library picks the algorithm of each call)\n", cal.mpi_library);
-  fmt::print("  {:<15} {:>5} {:>12} {:>12} {:>12} {:>12}\n", "op", "ranks", "bytes", "time_us",
-             "algbw_GB/s", "busbw_GB/s");
+  fmt::print(
+      "collectives ({}; \"{}\": the library picks each call's algorithm and does not "
+      "report it{})\n",
+      cal.mpi_library, kDefaultLabel,
+      cal.algorithms_forced ? "; the others are forced through MPI_T" : "");
+  fmt::print("  {:>10} {:<15} {:>5} {:<22} {:>11} {:>11} {:>11}\n", "bytes", "op", "ranks",
+             "algorithm", "time_us", "algbw_GB/s", "busbw_GB/s");
   for (const CollectiveSample& s : cal.samples) {
-    fmt::print("  {:<15} {:>5} {:>12} {:>12.1f} {:>12.3f} {:>12.3f}\n", to_string(s.op),
-               s.group_size, s.buffer_bytes, s.seconds * 1e6, s.algbw_Bps / 1e9, s.busbw_Bps / 1e9);
+    fmt::print("  {:>10} {:<15} {:>5} {:<22} {:>11.1f} {:>11.3f} {:>11.3f}\n", s.buffer_bytes,
+               to_string(s.op), s.group_size, algorithm_label(s.algorithm), s.seconds * 1e6,
+               s.algbw_Bps / 1e9, s.busbw_Bps / 1e9);
   }
-  fmt::print("fits (time = latency + bytes_sent / bandwidth):\n");
+  if (!cal.summaries.empty()) {
+    fmt::print(
+        "default beside the forced algorithms (nearest: the forced algorithm whose time is "
+        "nearest the default's,\n  an inference by timing: the library does not report its "
+        "choice; fastest: the fastest forced one)\n");
+    fmt::print("  {:>10} {:<15} {:>5} {:>11} {:<20} {:>11} {:<20} {:>11}\n", "bytes", "op", "ranks",
+               "default_us", "nearest", "nearest_us", "fastest", "fastest_us");
+    for (const AlgorithmSummary& a : cal.summaries) {
+      fmt::print("  {:>10} {:<15} {:>5} {:>11.1f} {:<20} {:>11.1f} {:<20} {:>11.1f}\n",
+                 a.buffer_bytes, to_string(a.op), a.group_size, a.default_s * 1e6, a.nearest,
+                 a.nearest_s * 1e6, a.fastest, a.fastest_s * 1e6);
+    }
+  }
+  for (const SkippedAlgorithm& k : cal.skipped) {
+    fmt::print("not run: {} on {} ranks with {} (refused from {} bytes on): {}\n", to_string(k.op),
+               k.group_size, k.algorithm, k.buffer_bytes, k.reason);
+  }
+  fmt::print("fits of the default (time = latency + bytes_sent / bandwidth):\n");
   for (const auto& [op, fits] : cal.profile.collectives) {
     for (const CollectiveFit& f : fits) {
       fmt::print("  {:<15} {:>5} ranks: latency {:8.1f} us, bandwidth {:8.3f} GB/s\n",
@@ -82,6 +113,10 @@ int calibrate_main(const CalibrateCommandOptions& opt, int argc, char** argv) {
   if (!under_mpi_launcher()) {
     relaunch_under_mpiexec(argc, argv, opt.ranks);
   }
+  if (opt.algorithms) {
+    // OpenMPI reads this one only at MPI_Init.
+    request_algorithm_control();
+  }
   MpiSession mpi;
   log::init(MpiSession::rank(), opt.log_level);
   MpiSession::share_cores_among_local_ranks();
@@ -97,12 +132,16 @@ int calibrate_main(const CalibrateCommandOptions& opt, int argc, char** argv) {
     options.buffer_bytes = distinct;
   }
   options.repeats = opt.repeats;
+  options.algorithms = opt.algorithms;
   try {
     const Calibration cal = calibrate(MPI_COMM_WORLD, options);
     if (MpiSession::rank() == 0) {
+      for (const std::string& w : cal.warnings) {
+        fmt::print(stderr, "flashcomm: warning: {}\n", w);
+      }
       print_calibration(cal);
       if (!opt.out.empty()) {
-        save_profile(cal.profile, opt.out);
+        save_calibration(cal, opt.out);
         fmt::print("profile written to {}\n", opt.out);
       }
     }
@@ -131,6 +170,9 @@ Command add_calibrate_command(CLI::App& app, int argc, char** argv) {
       ->capture_default_str()
       ->transform(decimal_integer());
   cmd->add_option("--out", o->out, "write the hardware profile (JSON) here");
+  cmd->add_flag("--algorithms", o->algorithms,
+                "also time every algorithm the MPI library lets us force (OpenMPI coll/tuned, "
+                "through MPI_T) beside its default");
   cmd->add_option("--log-level", o->log_level, "trace, debug, info, warn, error or off");
   return {cmd, [o, argc, argv] { return calibrate_main(*o, argc, argv); }};
 }

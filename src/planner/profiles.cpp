@@ -8,7 +8,9 @@
 //                                    "bandwidth_Bps": 3.6e11}, ...],
 //                    "reduce_scatter": [...], "all_gather": [...], "all_to_all": [...]},
 //    "ranks_per_node": 8,                  (optional, default 0: a single node)
-//    "cross_node_collectives": {...}}      (required when ranks_per_node > 0, else absent)
+//    "cross_node_collectives": {...},      (required when ranks_per_node > 0, else absent)
+//    "calibration": {...}}                 (optional: the measurements flashcomm calibrate
+//                                           fitted, with their algorithms; not read here)
 // Unknown fields are refused, so that a misspelt one cannot silently fall
 // back to nothing.
 //
@@ -444,11 +446,14 @@ HardwareProfile load_profile(const std::string& path) {
   if (!j.is_object()) {
     r.fail("the top level", "is not a JSON object");
   }
-  r.only_keys(
-      j,
-      {"name", "description", "source", "gemm_flops", "gemm_flops_by_rows", "memory_bandwidth_Bps",
-       "activation_bytes", "exp_per_s", "collectives", "ranks_per_node", "cross_node_collectives"},
-      "");
+  r.only_keys(j,
+              {"name", "description", "source", "gemm_flops", "gemm_flops_by_rows",
+               "memory_bandwidth_Bps", "activation_bytes", "exp_per_s", "collectives",
+               "ranks_per_node", "cross_node_collectives", "calibration"},
+              "");
+  if (j.contains("calibration") && !j["calibration"].is_object()) {
+    r.fail("calibration", "is not an object (the measurements of flashcomm calibrate)");
+  }
 
   HardwareProfile p;
   p.name = r.string(j, "name");
