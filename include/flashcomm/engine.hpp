@@ -6,8 +6,10 @@
 // steps add one token at a time with the KV cache, always under plain TP.
 #pragma once
 
+#include <functional>
 #include <vector>
 
+#include "flashcomm/comm.hpp"
 #include "flashcomm/context.hpp"
 #include "flashcomm/model.hpp"
 #include "flashcomm/phases.hpp"
@@ -115,7 +117,9 @@ std::int64_t kv_cache_bytes(const ModelConfig& config, int tp_size, int context)
 
 // Greedy generation: prefill, then up to `steps` new tokens; stops before BOS
 // (which ends a story and is not returned; unless `stop_at_bos` is false) or
-// when the engine's context is full.
+// when the engine's context is full. `before_pass`, when set, is called before
+// the prefill with (prefill, 0) and before decode step n with (decode, n),
+// n = 1, 2, ...; the command line hangs its fault injection on it.
 struct Generation {
   std::vector<int> tokens;  // the new tokens
   std::vector<float> prefill_logits;  // [vocab_size] of the prompt's last position
@@ -123,7 +127,8 @@ struct Generation {
   double decode_seconds = 0.0;
 };
 Generation generate(Engine& engine, const std::vector<int>& prompt, int steps,
-                    bool stop_at_bos = true);
+                    bool stop_at_bos = true,
+                    const std::function<void(Pass pass, int step)>& before_pass = {});
 
 // max_i |got_i - expected_i| / max_i |expected_i|: the error relative to the
 // scale of the expected values (an elementwise ratio explodes near zero).

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "cli/command.hpp"
+#include "cli/fault.hpp"
 #include "cli/launcher.hpp"
 #include "cli/mpi_session.hpp"
 #include "cli/options.hpp"
@@ -356,9 +357,10 @@ int bench_main(const BenchCommandOptions& raw, int argc, char** argv) {
     given_profile = resolve_profile(o.hardware);
   }
   const int ranks = o.tp.back();
+  arm_fault_from_environment(ranks, {"bench"});
   if (!under_mpi_launcher() && ranks > 1) {
     log::init(0, o.log_level);
-    relaunch_under_mpiexec(argc, argv, ranks);
+    return relaunch_under_mpiexec(argc, argv, ranks);
   }
   MpiSession mpi;
   const int rank = MpiSession::rank();
@@ -372,6 +374,7 @@ int bench_main(const BenchCommandOptions& raw, int argc, char** argv) {
     return kExitUsage;
   }
   try {
+    fault_point("bench");
     // Weights: a checkpoint's own (in memory), or seeded random ones whose
     // shard each rank computes for itself.
     std::optional<ModelWeights> weights;

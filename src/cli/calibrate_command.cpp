@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli/command.hpp"
+#include "cli/fault.hpp"
 #include "cli/launcher.hpp"
 #include "cli/mpi_session.hpp"
 #include "cli/options.hpp"
@@ -110,8 +111,9 @@ int calibrate_main(const CalibrateCommandOptions& opt, int argc, char** argv) {
       throw ConfigError(fmt::format("--sizes {} must be between 4 bytes and 2 GiB", s));
     }
   }
+  arm_fault_from_environment(opt.ranks, {"calibrate"});
   if (!under_mpi_launcher()) {
-    relaunch_under_mpiexec(argc, argv, opt.ranks);
+    return relaunch_under_mpiexec(argc, argv, opt.ranks);
   }
   if (opt.algorithms) {
     // OpenMPI reads this one only at MPI_Init.
@@ -134,6 +136,7 @@ int calibrate_main(const CalibrateCommandOptions& opt, int argc, char** argv) {
   options.repeats = opt.repeats;
   options.algorithms = opt.algorithms;
   try {
+    fault_point("calibrate");
     const Calibration cal = calibrate(MPI_COMM_WORLD, options);
     if (MpiSession::rank() == 0) {
       for (const std::string& w : cal.warnings) {

@@ -3,13 +3,18 @@
 
 #include <mpi.h>
 
+#include "cli/crash_report.hpp"
 #include "comm/mpi/mpi_check.hpp"
 
 namespace flashcomm::cli {
 
 class MpiSession {
  public:
-  MpiSession() { FC_CHECK_MPI(MPI_Init(nullptr, nullptr)); }
+  // A rank that ends abnormally names itself first (cli/crash_report.hpp).
+  MpiSession() {
+    FC_CHECK_MPI(MPI_Init(nullptr, nullptr));
+    install_crash_report(rank());
+  }
   ~MpiSession() { MPI_Finalize(); }
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;

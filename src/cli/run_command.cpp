@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
+#include "cli/fault.hpp"
 #include "cli/launcher.hpp"
 #include "cli/mpi_session.hpp"
 #include "cli/report.hpp"
@@ -57,6 +58,9 @@ int exit_code_for(const std::exception& e) {
 }
 
 namespace {
+
+// Where FLASHCOMM_FAULT may strike in a run (see cli/fault.hpp).
+const std::vector<std::string> kFaultPoints = {"prepare", "prefill", "decode"};
 
 struct Request {
   int index = 0;
@@ -209,7 +213,8 @@ json serve(const RunOptions& opt, const Prepared& prep, const ModelWeights& weig
     }
     log::info("request {}: {} prompt tokens, up to {} new", r.index, r.prompt_tokens.size(),
               opt.steps);
-    const Generation g = generate(engine, r.prompt_tokens, opt.steps);
+    const Generation g = generate(engine, r.prompt_tokens, opt.steps, true,
+                                  [](Pass pass, int step) { fault_point(to_string(pass), step); });
     json result = {{"index", r.index},
                    {"dp_rank", place.dp_rank},
                    {"prompt", r.prompt},
@@ -362,8 +367,9 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
   // Started by hand for several ranks: check once here, then become mpiexec.
   if (!under_mpi_launcher() && opt.parallel.world_size() > 1) {
     log::init(0, opt.log_level);
+    arm_fault_from_environment(opt.parallel.world_size(), kFaultPoints);
     prepare(opt, -1);
-    relaunch_under_mpiexec(argc, argv, opt.parallel.world_size());
+    return relaunch_under_mpiexec(argc, argv, opt.parallel.world_size());
   }
 
   MpiSession mpi;
@@ -377,6 +383,8 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
   try {
     log::init(rank, opt.log_level);
     MpiSession::share_cores_among_local_ranks();
+    arm_fault_from_environment(MpiSession::size(), kFaultPoints);
+    fault_point("prepare");
     prep = prepare(opt, MpiSession::size());
     weights = load_llama2c(opt.model);
   } catch (const std::exception& e) {

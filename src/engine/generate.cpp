@@ -14,7 +14,8 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }
 }  // namespace
 
-Generation generate(Engine& engine, const std::vector<int>& prompt, int steps, bool stop_at_bos) {
+Generation generate(Engine& engine, const std::vector<int>& prompt, int steps, bool stop_at_bos,
+                    const std::function<void(Pass pass, int step)>& before_pass) {
   const ModelConfig& c = engine.weights().config;
   FC_ASSERT(!prompt.empty(), "a prompt holds at least BOS");
   check_prompt_fits(c, static_cast<int>(prompt.size()));
@@ -23,6 +24,9 @@ Generation generate(Engine& engine, const std::vector<int>& prompt, int steps, b
   Generation g;
 
   auto start = std::chrono::steady_clock::now();
+  if (before_pass) {
+    before_pass(Pass::prefill, 0);
+  }
   std::vector<float> logits = engine.prefill(prompt);
   g.prefill_seconds = seconds_since(start);
   g.prefill_logits = logits;
@@ -37,6 +41,9 @@ Generation generate(Engine& engine, const std::vector<int>& prompt, int steps, b
     // The new token is returned even when the context has no room to run it.
     if (step + 1 == steps || engine.position() >= engine.context()) {
       break;
+    }
+    if (before_pass) {
+      before_pass(Pass::decode, step + 1);
     }
     logits = engine.decode(next);
   }
