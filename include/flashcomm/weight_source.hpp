@@ -24,7 +24,19 @@ enum class Tensor : std::uint8_t {
   w_up,  // [hidden_dim, d_model] per layer
   final_norm,  // [1, d_model]
   classifier,  // [vocab_size, d_model] (only when not shared)
+  // Per layer, present only when the config's flag is set. Listed last so that
+  // adding them left the seeded values of the tensors above unchanged.
+  bq,  // [1, q_dim]            qkv_bias
+  bk,  // [1, kv_dim]           qkv_bias
+  bv,  // [1, kv_dim]           qkv_bias
+  q_norm,  // [1, head_dim]         qk_norm
+  k_norm,  // [1, head_dim]         qk_norm
 };
+
+// Whether the model has this tensor: the classifier only when not shared, the
+// biases and q/k norms only when their flag is set. Reading an absent tensor
+// is an error.
+bool has_tensor(const ModelConfig& config, Tensor tensor);
 
 struct TensorShape {
   int rows = 0;

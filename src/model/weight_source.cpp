@@ -82,6 +82,14 @@ TensorShape tensor_shape(const ModelConfig& c, Tensor t) {
       return {c.hidden_dim, c.d_model};
     case Tensor::w_down:
       return {c.d_model, c.hidden_dim};
+    case Tensor::bq:
+      return {1, c.q_dim()};
+    case Tensor::bk:
+    case Tensor::bv:
+      return {1, c.kv_dim()};
+    case Tensor::q_norm:
+    case Tensor::k_norm:
+      return {1, c.head_dim};
   }
   return {};
 }
@@ -112,8 +120,34 @@ const char* to_string(Tensor t) {
       return "final_norm";
     case Tensor::classifier:
       return "classifier";
+    case Tensor::bq:
+      return "bq";
+    case Tensor::bk:
+      return "bk";
+    case Tensor::bv:
+      return "bv";
+    case Tensor::q_norm:
+      return "q_norm";
+    case Tensor::k_norm:
+      return "k_norm";
   }
   return "unknown";
+}
+
+bool has_tensor(const ModelConfig& c, Tensor t) {
+  switch (t) {
+    case Tensor::classifier:
+      return !c.shared_classifier;
+    case Tensor::bq:
+    case Tensor::bk:
+    case Tensor::bv:
+      return c.qkv_bias;
+    case Tensor::q_norm:
+    case Tensor::k_norm:
+      return c.qk_norm;
+    default:
+      return true;
+  }
 }
 
 void WeightSource::read_block(Tensor tensor, int layer, int row0, int n_rows, int col0, int n_cols,
@@ -124,6 +158,8 @@ void WeightSource::read_block(Tensor tensor, int layer, int row0, int n_rows, in
             to_string(tensor), layer, c.n_layers);
   FC_ASSERT(tensor != Tensor::classifier || !c.shared_classifier,
             "the classifier is shared with the embedding");
+  FC_ASSERT(has_tensor(c, tensor), "the model has no {} (qkv_bias {}, qk_norm {})",
+            to_string(tensor), c.qkv_bias, c.qk_norm);
   FC_ASSERT(row0 >= 0 && n_rows >= 0 && row0 + n_rows <= s.rows && col0 >= 0 && n_cols >= 0 &&
                 col0 + n_cols <= s.cols,
             "block rows {}+{} cols {}+{} of {} [{}, {}]", row0, n_rows, col0, n_cols,
