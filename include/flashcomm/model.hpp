@@ -34,6 +34,12 @@ struct ModelConfig {
   bool shared_classifier = true;
   float rope_theta = 10000.0F;
   float norm_eps = 1e-5F;
+  // q, k and v projections add a bias (Qwen2): tensors bq, bk, bv.
+  bool qkv_bias = false;
+  // RMSNorm over each head's head_dim of q and of k, with learned weights
+  // shared by all heads, after the projection and before RoPE (Qwen3); eps is
+  // norm_eps. Tensors q_norm, k_norm.
+  bool qk_norm = false;
 
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
@@ -49,6 +55,12 @@ struct LayerWeights {
   std::vector<float> wk;  // [kv_dim, d_model]
   std::vector<float> wv;  // [kv_dim, d_model]
   std::vector<float> wo;  // [d_model, q_dim]   (o_proj)
+  // Present only when the config's flag is set, empty otherwise.
+  std::vector<float> bq;  // [q_dim]    qkv_bias
+  std::vector<float> bk;  // [kv_dim]   qkv_bias
+  std::vector<float> bv;  // [kv_dim]   qkv_bias
+  std::vector<float> q_norm;  // [head_dim]   qk_norm
+  std::vector<float> k_norm;  // [head_dim]   qk_norm
   std::vector<float> ffn_norm;  // [d_model]
   std::vector<float> w_gate;  // [hidden_dim, d_model]   (llama2.c w1)
   std::vector<float> w_down;  // [d_model, hidden_dim]   (llama2.c w2)
@@ -67,6 +79,12 @@ struct ModelWeights {
     return config.shared_classifier ? token_embedding : classifier;
   }
 };
+
+// Throws FormatError naming the tensor when the weights do not match their
+// config (check_config first): a tensor of the wrong size, a bias or q/k norm
+// present that the flags leave out (or missing that they ask for), a wrong
+// number of layers. Loaders call it before handing weights out.
+void check_weights(const ModelWeights& weights, const std::string& source);
 
 // llama2.c checkpoints, legacy layout (version 0) and version 1 (magic "ak42"),
 // float32. The format is recognised from the file's first bytes.

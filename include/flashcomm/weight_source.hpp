@@ -24,7 +24,19 @@ enum class Tensor : std::uint8_t {
   w_up,  // [hidden_dim, d_model] per layer
   final_norm,  // [1, d_model]
   classifier,  // [vocab_size, d_model] (only when not shared)
+  // Per layer, present only when the config's flag is set. Listed last so that
+  // adding them left the seeded values of the tensors above unchanged.
+  bq,  // [1, q_dim]            qkv_bias
+  bk,  // [1, kv_dim]           qkv_bias
+  bv,  // [1, kv_dim]           qkv_bias
+  q_norm,  // [1, head_dim]         qk_norm
+  k_norm,  // [1, head_dim]         qk_norm
 };
+
+// Whether the model has this tensor: the classifier only when not shared, the
+// biases and q/k norms only when their flag is set. Reading an absent tensor
+// is an error.
+bool has_tensor(const ModelConfig& config, Tensor tensor);
 
 struct TensorShape {
   int rows = 0;
@@ -56,7 +68,8 @@ class WeightSource {
 // A view of a model in memory (which must outlive the source).
 class MemorySource final : public WeightSource {
  public:
-  explicit MemorySource(const ModelWeights& weights) : w_(weights) {}
+  // Throws FormatError (check_weights) when the weights do not match their config.
+  explicit MemorySource(const ModelWeights& weights);
   const ModelConfig& config() const override { return w_.config; }
 
  protected:
@@ -69,8 +82,8 @@ class MemorySource final : public WeightSource {
 
 // Seeded random weights: each element is a hash of (seed, tensor, layer,
 // index), so any block is computed on its own and every rank agrees.
-// Matrices are uniform in +-1/sqrt(in), norm weights in [0.8, 1.2], the
-// embedding in [-1, 1].
+// Matrices are uniform in +-1/sqrt(in), norm weights (q/k norms included) in
+// [0.8, 1.2], the q/k/v biases in [-0.5, 0.5], the embedding in [-1, 1].
 class RandomSource final : public WeightSource {
  public:
   RandomSource(const ModelConfig& config, std::uint64_t seed);
