@@ -66,7 +66,8 @@ struct Request {
 
 struct Prepared {
   ModelConfig config;
-  std::optional<Tokenizer> tokenizer;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<int> stop_tokens;  // generation ends before these: the tokenizer's
   std::vector<Request> requests;
   int context = 0;  // KV cache capacity: the longest prompt + steps, within seq_len
 };
@@ -119,12 +120,8 @@ Prepared prepare(const RunOptions& opt, int world_size) {
   Prepared p;
   p.config = read_llama2c_config(opt.model);
   check_parallel_config(p.config, opt.parallel, world_size);
-  try {
-    p.tokenizer = Tokenizer::load(opt.tokenizer, p.config.vocab_size);
-  } catch (const FormatError& e) {
-    throw FormatError(
-        fmt::format("{} (the model's vocab_size is {})", e.what(), p.config.vocab_size));
-  }
+  p.tokenizer = load_tokenizer(opt.tokenizer, p.config.vocab_size);
+  p.stop_tokens = p.tokenizer->stop_tokens();
   const std::vector<std::string> prompts =
       opt.prompts.empty() ? std::vector<std::string>{""} : opt.prompts;
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -132,15 +129,21 @@ Prepared prepare(const RunOptions& opt, int world_size) {
     r.index = static_cast<int>(i);
     r.prompt = prompts[i];
     const std::string which = prompts.size() > 1 ? fmt::format("prompt {}: ", i) : "";
-    // Encoding is quadratic in the text; a text that cannot fit even at the
-    // longest piece per token is refused before it is encoded.
-    const std::size_t fewest_tokens = r.prompt.size() / p.tokenizer->max_piece_bytes() + 1;
+    // A slow (quadratic) encoder must not run on a text that cannot fit even
+    // at the tokenizer's fewest tokens per byte.
+    const std::size_t fewest_tokens = p.tokenizer->fewest_tokens(r.prompt.size()) + 1;
     if (fewest_tokens > static_cast<std::size_t>(p.config.seq_len)) {
       throw ConfigError(fmt::format(
           "{}the prompt has {} bytes, at least {} tokens, but the model's context (seq_len) is {}",
           which, r.prompt.size(), fewest_tokens, p.config.seq_len));
     }
     r.prompt_tokens = p.tokenizer->encode(r.prompt, true);
+    if (r.prompt_tokens.empty()) {
+      throw ConfigError(fmt::format(
+          "{}the prompt is empty and the {} tokenizer has no BOS token to start from: give a "
+          "--prompt with text",
+          which, p.tokenizer->format()));
+    }
     try {
       check_prompt_fits(p.config, static_cast<int>(r.prompt_tokens.size()));
     } catch (const ConfigError& e) {
@@ -167,6 +170,8 @@ std::uint64_t fingerprint(const RunOptions& opt, const Prepared& p) {
   for (const Request& r : p.requests) {
     text += fmt::format("|{}", fmt::join(r.prompt_tokens, ","));
   }
+  // Ranks that stop at different tokens would run different collectives.
+  text += fmt::format("|stop {}", fmt::join(p.stop_tokens, ","));
   return std::hash<std::string>{}(text);
 }
 
@@ -189,10 +194,14 @@ bool ranks_agree(const RunOptions& opt, const Prepared* prepared) {
   return lo == ULLONG_MAX || lo == hi;
 }
 
+// Ids past the tokenizer's vocabulary (rows a checkpoint pads its embedding
+// with) have no text.
 std::string decode_text(const Tokenizer& tok, int prev, const std::vector<int>& tokens) {
   std::string text;
   for (int t : tokens) {
-    text += tok.decode(prev, t);
+    if (t < tok.vocab_size()) {
+      text += tok.decode(prev, t);
+    }
     prev = t;
   }
   return text;
@@ -209,7 +218,7 @@ json serve(const RunOptions& opt, const Prepared& prep, const ModelWeights& weig
     }
     log::info("request {}: {} prompt tokens, up to {} new", r.index, r.prompt_tokens.size(),
               opt.steps);
-    const Generation g = generate(engine, r.prompt_tokens, opt.steps);
+    const Generation g = generate(engine, r.prompt_tokens, opt.steps, prep.stop_tokens);
     json result = {{"index", r.index},
                    {"dp_rank", place.dp_rank},
                    {"prompt", r.prompt},
@@ -326,7 +335,10 @@ void add_run_options(CLI::App& run, RunOptions& o) {
   run.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   run.add_option("--model", o.model, "llama2.c checkpoint (legacy or version-1 layout)")
       ->required();
-  run.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer file")->required();
+  run.add_option("--tokenizer", o.tokenizer,
+                 "llama2.c tokenizer file or SentencePiece model (tokenizer.model), told apart by "
+                 "content")
+      ->required();
   // One value per --prompt, so a stray word is an error, not a second request.
   run.add_option("--prompt", o.prompts,
                  "prompt text; repeat for several requests (spread over DP replicas); "
