@@ -9,6 +9,7 @@ packages=(
   libopenblas-dev
   libgtest-dev
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libsentencepiece-dev
   clang-format clang-tidy
   gnuplot-nox libbenchmark-dev
 )

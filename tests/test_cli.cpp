@@ -1,7 +1,9 @@
 // End-to-end tests of `flashcomm run`: the golden story, self-launch and
-// mpiexec launch, the JSON report, DP replicas, and every bad configuration
-// ending with its message once, a non-zero exit and no hang.
+// mpiexec launch, the JSON report, DP replicas, prompts as token ids,
+// SentencePiece tokenizers, and every bad configuration ending with its
+// message once, a non-zero exit and no hang.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <regex>
 #include <set>
 
@@ -18,6 +21,7 @@
 #include "flashcomm/engine.hpp"
 #include "flashcomm/model.hpp"
 #include "flashcomm/presets.hpp"
+#include "flashcomm/tokenizer.hpp"
 #include "test_support.hpp"
 
 namespace flashcomm {
@@ -296,6 +300,223 @@ TEST(Cli, AHugeContextCostsOnlyWhatTheRunNeeds) {
                                   quote(dir.file("model.bin")), quote(test::stories_tokenizer()))),
             60);
   EXPECT_EQ(o.exit_code, 0) << o.output;
+}
+
+// ---------------------------------------------------------------------------
+// Prompts as token ids, SentencePiece tokenizers
+
+std::string joined(const nlohmann::json& ids) {
+  return fmt::format("{}", fmt::join(ids.get<std::vector<int>>(), ","));
+}
+
+// The report of a run of `args`; `outcome` gets its exit code and stdout.
+nlohmann::json run_json_with(const std::string& args, const std::string& tag, Outcome* outcome) {
+  const test::TempDir dir(tag);
+  const std::string path = dir.file("report.json");
+  *outcome = shell(flashcomm(args + " --json " + quote(path)), 180, dir.file("stderr"));
+  const std::string stderr_text = [&] {
+    std::ifstream in(dir.file("stderr"));
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }();
+  EXPECT_EQ(outcome->exit_code, 0) << args << "\n" << outcome->output << stderr_text;
+  std::ifstream file(path);
+  if (!file) {
+    ADD_FAILURE() << "no JSON report at " << path << "\n" << outcome->output << stderr_text;
+    return {};
+  }
+  return nlohmann::json::parse(file);
+}
+
+std::string model_args() {
+  return "run --model " + quote(test::stories_checkpoint());
+}
+
+TEST(Cli, PromptTokensGiveTheTokensOfTheTextPrompt) {
+  const auto text = run_json("--prompt 'Lily had a cat' --steps 30", "ptext");
+  ASSERT_EQ(text["generated_tokens"].size(), 30U) << "no BOS before 30 tokens";
+  const std::string ids = joined(text["prompt_tokens"]);
+  ASSERT_EQ(text["prompt_tokens"][0], 1) << "BOS first";
+
+  // With the tokenizer: the same tokens, text and terminal output.
+  Outcome o;
+  const auto tokens =
+      run_json_with(stories_args() + " --prompt-tokens " + ids + " --steps 30", "ptok", &o);
+  EXPECT_EQ(tokens["prompt_tokens"], text["prompt_tokens"]) << "taken verbatim";
+  EXPECT_EQ(tokens["generated_tokens"], text["generated_tokens"]);
+  EXPECT_EQ(tokens["text"], text["text"]);
+  EXPECT_EQ(tokens["requests"][0]["prompt"], "Lily had a cat")
+      << "decoded, the leading BOS shown as nothing";
+  EXPECT_EQ(o.output.rfind("Lily had a cat" + text["text"].get<std::string>() + "\n", 0), 0U)
+      << o.output;
+
+  // Sharded, self-launched: the same again.
+  const auto sharded = run_json_with(
+      stories_args() + " --prompt-tokens " + ids + " --steps 30 --tp 2 --flashcomm1", "ptok2", &o);
+  EXPECT_EQ(sharded["generated_tokens"], text["generated_tokens"]);
+
+  // Without BOS the prompt is another one, and is taken as it is.
+  const std::string no_bos = ids.substr(ids.find(',') + 1);
+  const auto verbatim =
+      run_json_with(stories_args() + " --prompt-tokens " + no_bos + " --steps 5", "pnobos", &o);
+  EXPECT_EQ(joined(verbatim["prompt_tokens"]), no_bos);
+}
+
+TEST(Cli, PromptTokensWithoutATokenizerReportIds) {
+  const auto text = run_json("--prompt 'Lily had a cat' --steps 30", "nttext");
+  const std::string ids = joined(text["prompt_tokens"]);
+  Outcome o;
+  const auto report =
+      run_json_with(model_args() + " --prompt-tokens " + ids + " --steps 30", "ntids", &o);
+  EXPECT_EQ(report["prompt_tokens"], text["prompt_tokens"]);
+  EXPECT_EQ(report["generated_tokens"], text["generated_tokens"]);
+  EXPECT_TRUE(report["text"].is_null());
+  EXPECT_TRUE(report["tokenizer"].is_null());
+  ASSERT_EQ(report["requests"].size(), 1U);
+  EXPECT_TRUE(report["requests"][0]["prompt"].is_null());
+  EXPECT_TRUE(report["requests"][0]["text"].is_null());
+  EXPECT_EQ(o.output.rfind("prompt tokens: " + ids +
+                               "\ngenerated tokens: " + joined(text["generated_tokens"]) + "\n",
+                           0),
+            0U)
+      << o.output;
+
+  // Without a tokenizer nothing is known to stop at: BOS does not end the
+  // story, --steps does.
+  const auto from_bos = run_json("--steps 400", "ntbos");
+  ASSERT_LT(from_bos["generated_tokens"].size(), 400U) << "the story ends with BOS";
+  const auto through =
+      run_json_with(model_args() + " --prompt-tokens 1 --steps 400", "ntthrough", &o);
+  ASSERT_EQ(through["generated_tokens"].size(), 400U);
+  const auto generated = through["generated_tokens"].get<std::vector<int>>();
+  const auto story = from_bos["generated_tokens"].get<std::vector<int>>();
+  EXPECT_TRUE(std::equal(story.begin(), story.end(), generated.begin()));
+  EXPECT_EQ(generated[story.size()], Llama2cTokenizer::kBos);
+}
+
+TEST(Cli, RepeatedPromptTokensAreRequestsOfTheirOwn) {
+  const auto a = run_json("--prompt 'The dog' --steps 20", "rpa");
+  const auto b = run_json("--prompt 'A small bird' --steps 20", "rpb");
+  Outcome o;
+  const auto both =
+      run_json_with(model_args() + " --prompt-tokens " + joined(a["prompt_tokens"]) +
+                        " --prompt-tokens '" + joined(b["prompt_tokens"]) + "' --steps 20 --dp 2",
+                    "rpab", &o);
+  ASSERT_EQ(both["requests"].size(), 2U);
+  EXPECT_EQ(both["requests"][0]["dp_rank"], 0);
+  EXPECT_EQ(both["requests"][1]["dp_rank"], 1);
+  EXPECT_EQ(both["requests"][0]["generated_tokens"], a["generated_tokens"]);
+  EXPECT_EQ(both["requests"][1]["generated_tokens"], b["generated_tokens"]);
+}
+
+TEST(Cli, BadPromptTokensAreRefusedOnce) {
+  const std::string run = model_args() + " --prompt-tokens ";
+  // Ids the model has no embedding for, named with their position.
+  expect_refused(flashcomm(run + "1,600"), 2,
+                 "--prompt-tokens: id 600 at position 1 (counting from 0) is not below the "
+                 "model's vocab_size 512");
+  expect_refused(flashcomm(run + "512"), 2,
+                 "id 512 at position 0 (counting from 0) is not below the model's vocab_size 512");
+  expect_refused(flashcomm(run + "1,2,99999999999999999999999"), 2,
+                 "id 99999999999999999999999 at position 2 (counting from 0) is not below");
+  // Numbers that are not decimal ids.
+  expect_refused(flashcomm(run + "1,,2"), 2,
+                 "--prompt-tokens: the id at position 1 (counting from 0) is empty");
+  expect_refused(flashcomm(run + "1,2,"), 2, "the id at position 2 (counting from 0) is empty");
+  expect_refused(flashcomm(run + "1,-2"), 2,
+                 "--prompt-tokens: '-2' at position 1 (counting from 0) is not a token id, "
+                 "expected a decimal number from 0 to 511");
+  expect_refused(flashcomm(run + "0x10"), 2, "'0x10' at position 0 (counting from 0) is not a");
+  expect_refused(flashcomm(run + "'1 2'"), 2, "'1 2' at position 0 (counting from 0) is not a");
+  expect_refused(flashcomm(run + "''"), 2, "--prompt-tokens is empty");
+  // Blanks around an id are fine.
+  EXPECT_EQ(shell(flashcomm(run + "' 1, 2 ' --steps 1")).exit_code, 0);
+  // Under several ranks: once, from the first.
+  expect_refused(flashcomm(run + "1,600 --tp 2"), 2, "id 600 at position 1");
+  expect_refused(mpiexec_prefix(2) + flashcomm(run + "1,600 --tp 2"), 2, "id 600 at position 1");
+  // With several prompts, the one at fault is named.
+  expect_refused(flashcomm(run + "1,2 --prompt-tokens 1,x"), 2,
+                 "prompt 1: --prompt-tokens: 'x' at position 1");
+  // Longer than the context.
+  std::string long_ids = "1";
+  for (int i = 0; i < 600; ++i) {
+    long_ids += ",5";
+  }
+  expect_refused(flashcomm(run + long_ids), 2,
+                 "--prompt-tokens has 601 ids but the model's context (seq_len) is 512");
+}
+
+TEST(Cli, TextPromptsNeedATokenizerAndDoNotMixWithTokenIds) {
+  expect_refused(flashcomm(model_args() + " --prompt 'Lily'"), 2,
+                 "--tokenizer is needed to encode --prompt text; without a tokenizer, give the "
+                 "prompt as --prompt-tokens IDS");
+  expect_refused(flashcomm(model_args()), 2, "--tokenizer is needed to start from BOS alone");
+  expect_refused(flashcomm(stories_args() + " --prompt 'Lily' --prompt-tokens 1,2"), 2,
+                 "--prompt and --prompt-tokens cannot be mixed in one run");
+}
+
+TEST(Cli, ASentencePieceTokenizerRunsTheModel) {
+  const test::TempDir dir("spm");
+  const std::string model_file = dir.file("tokenizer.model");
+  test::write_file(model_file, test::train_sentencepiece("--model_type=bpe --vocab_size=320 "
+                                                         "--byte_fallback=true "
+                                                         "--normalization_rule_name=identity"));
+  Outcome o;
+  const auto report = run_json_with(model_args() + " --tokenizer " + quote(model_file) +
+                                        " --prompt 'Once upon a time' --steps 12",
+                                    "spmrun", &o);
+  EXPECT_EQ(report["tokenizer"]["format"], "sentencepiece");
+  EXPECT_EQ(report["tokenizer"]["vocab_size"], 320);
+  const SentencePieceTokenizer tok = [&] {
+    std::ifstream in(model_file, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return SentencePieceTokenizer::from_bytes(bytes, model_file);
+  }();
+  EXPECT_EQ(report["prompt_tokens"].get<std::vector<int>>(), tok.encode("Once upon a time", true));
+  // The model was not trained with this tokenizer: its ids past the 320
+  // pieces are padding and have no text, but every generated id is reported.
+  const auto generated = report["generated_tokens"].get<std::vector<int>>();
+  EXPECT_FALSE(generated.empty());
+  std::string expected_text;
+  int prev = tok.encode("Once upon a time", true).back();
+  for (int t : generated) {
+    EXPECT_NE(t, tok.eos_id());
+    EXPECT_NE(t, tok.bos_id());
+    if (t < tok.vocab_size()) {
+      expected_text += tok.decode(prev, t);
+    }
+    prev = t;
+  }
+  EXPECT_EQ(report["text"], expected_text);
+  EXPECT_EQ(o.output.rfind("Once upon a time" + expected_text, 0), 0U) << o.output;
+}
+
+TEST(Cli, BadTokenizerFilesAreFormatErrors) {
+  const test::TempDir dir("badtok");
+  // A SentencePiece model with more pieces than the model has embeddings.
+  const ModelConfig c = *named_model(
+      "shape:d_model=16,hidden_dim=32,n_layers=1,n_heads=2,n_kv_heads=2,head_dim=8,vocab_size=300,"
+      "seq_len=32");
+  save_llama2c(random_weights(c, 3), dir.file("model.bin"), 1);
+  const std::string spm = test::train_sentencepiece(
+      "--model_type=bpe --vocab_size=320 "
+      "--byte_fallback=true");
+  test::write_file(dir.file("big.model"), spm);
+  expect_refused(flashcomm(fmt::format("run --model {} --tokenizer {} --tp 2",
+                                       quote(dir.file("model.bin")), quote(dir.file("big.model")))),
+                 3,
+                 dir.file("big.model") +
+                     ": the SentencePiece model has 320 pieces but the model's vocab_size is 300");
+
+  const std::string run = model_args() + " --tokenizer ";
+  test::write_file(dir.file("empty.model"), "");
+  expect_refused(flashcomm(run + quote(dir.file("empty.model"))), 3,
+                 dir.file("empty.model") + ": the file is empty");
+  test::write_file(dir.file("cut.model"), spm.substr(0, spm.size() / 2));
+  expect_refused(flashcomm(run + quote(dir.file("cut.model"))), 3,
+                 dir.file("cut.model") + ": neither a SentencePiece model");
+  test::write_file(dir.file("noise.bin"), std::string(1000, '\x7f'));
+  expect_refused(flashcomm(run + quote(dir.file("noise.bin")) + " --tp 2"), 3,
+                 dir.file("noise.bin") + ": max_token_length");
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "flashcomm/kernels.hpp"
 #include "flashcomm/layout.hpp"
 #include "flashcomm/model.hpp"
+#include "flashcomm/tokenizer.hpp"
 #include "test_support.hpp"
 
 namespace flashcomm {
@@ -135,6 +136,8 @@ std::vector<std::vector<int>> prompts_for(const ModelConfig& m, int tp, int dp_r
 // single-rank engine (greedy tokens). Random models may emit BOS at any
 // step, so their generation runs on through it.
 void check_model_against_unsharded(const ModelWeights& model, int steps, bool stop_at_bos) {
+  const std::vector<int> stop =
+      stop_at_bos ? std::vector<int>{Llama2cTokenizer::kBos} : std::vector<int>{};
   const std::vector<ParallelConfig> layouts = layouts_for(model.config);
   ASSERT_FALSE(layouts.empty()) << "no layout of " << world_size() << " ranks fits the model";
   ParallelConfig single;
@@ -147,8 +150,8 @@ void check_model_against_unsharded(const ModelWeights& model, int steps, bool st
     Engine engine(model, ctx);
     for (const std::vector<int>& prompt :
          prompts_for(model.config, c.tp_size, ctx.place().dp_rank)) {
-      const Generation sharded = generate(engine, prompt, steps, stop_at_bos);
-      const Generation expected = generate(single_engine, prompt, steps, stop_at_bos);
+      const Generation sharded = generate(engine, prompt, steps, stop);
+      const Generation expected = generate(single_engine, prompt, steps, stop);
       const std::vector<float> ref_logits = reference.last_logits(prompt);
       EXPECT_LT(max_relative_error(sharded.prefill_logits, ref_logits), 1e-4)
           << describe(c) << ", prompt of " << prompt.size();

@@ -69,14 +69,14 @@ std::string format_error_of(const std::function<void()>& f) {
   return {};
 }
 
-Tokenizer stories() {
-  return Tokenizer::load(test::stories_tokenizer(), kStoriesVocab);
+Llama2cTokenizer stories() {
+  return Llama2cTokenizer::load(test::stories_tokenizer(), kStoriesVocab);
 }
 
 // The text decode() gives for `tokens`, the first of which follows BOS.
-std::string decode_all(const Tokenizer& tok, const std::vector<int>& tokens) {
+std::string decode_all(const Llama2cTokenizer& tok, const std::vector<int>& tokens) {
   std::string text;
-  int prev = Tokenizer::kBos;
+  int prev = Llama2cTokenizer::kBos;
   for (int t : tokens) {
     text += tok.decode(prev, t);
     prev = t;
@@ -95,42 +95,42 @@ const std::vector<std::string> kSentences = {
 // The real vocabulary
 
 TEST(TokenizerTest, LoadsTheStoriesVocabulary) {
-  const Tokenizer tok = stories();
+  const Llama2cTokenizer tok = stories();
   EXPECT_EQ(tok.vocab_size(), kStoriesVocab);
   EXPECT_EQ(tok.piece(0), "<unk>");
-  EXPECT_EQ(tok.piece(Tokenizer::kBos), "\n<s>\n");
-  EXPECT_EQ(tok.piece(Tokenizer::kEos), "\n</s>\n");
+  EXPECT_EQ(tok.piece(Llama2cTokenizer::kBos), "\n<s>\n");
+  EXPECT_EQ(tok.piece(Llama2cTokenizer::kEos), "\n</s>\n");
   EXPECT_EQ(tok.piece(3), "<0x00>");
   EXPECT_EQ(tok.piece(3 + 255), "<0xFF>");
 }
 
 TEST(TokenizerTest, EmptyTextIsJustBos) {
-  const Tokenizer tok = stories();
-  EXPECT_EQ(tok.encode("", true), std::vector<int>{Tokenizer::kBos});
+  const Llama2cTokenizer tok = stories();
+  EXPECT_EQ(tok.encode("", true), std::vector<int>{Llama2cTokenizer::kBos});
   EXPECT_TRUE(tok.encode("", false).empty());
 }
 
 TEST(TokenizerTest, EncodeStartsWithBosOnlyWhenAsked) {
-  const Tokenizer tok = stories();
+  const Llama2cTokenizer tok = stories();
   const std::vector<int> with = tok.encode(kSentences[0], true);
   const std::vector<int> without = tok.encode(kSentences[0], false);
   ASSERT_FALSE(with.empty());
-  EXPECT_EQ(with[0], Tokenizer::kBos);
+  EXPECT_EQ(with[0], Llama2cTokenizer::kBos);
   EXPECT_EQ(std::vector<int>(with.begin() + 1, with.end()), without);
 }
 
 TEST(TokenizerTest, DecodeOfEncodeGivesTheTextBack) {
-  const Tokenizer tok = stories();
+  const Llama2cTokenizer tok = stories();
   for (const std::string& text : kSentences) {
     SCOPED_TRACE(text);
     const std::vector<int> tokens = tok.encode(text, true);
-    ASSERT_EQ(tokens.front(), Tokenizer::kBos);
+    ASSERT_EQ(tokens.front(), Llama2cTokenizer::kBos);
     EXPECT_EQ(decode_all(tok, std::vector<int>(tokens.begin() + 1, tokens.end())), text);
   }
 }
 
 TEST(TokenizerTest, PiecesSpellTheTextWithTheDummyPrefix) {
-  const Tokenizer tok = stories();
+  const Llama2cTokenizer tok = stories();
   const std::string text = "Once upon a time, there was a little girl named Lily.";
   const std::vector<int> tokens = tok.encode(text, false);
   std::string spelled;
@@ -147,7 +147,7 @@ TEST(TokenizerTest, PiecesSpellTheTextWithTheDummyPrefix) {
 TEST(TokenizerTest, EncodingIsGreedyByScore) {
   // No adjacent pair of the result may still be a piece of the vocabulary:
   // the merge loop only stops when none is left.
-  const Tokenizer tok = stories();
+  const Llama2cTokenizer tok = stories();
   std::vector<std::string> all_pieces;
   all_pieces.reserve(static_cast<size_t>(tok.vocab_size()));
   for (int id = 0; id < tok.vocab_size(); ++id) {
@@ -164,7 +164,7 @@ TEST(TokenizerTest, EncodingIsGreedyByScore) {
 }
 
 TEST(TokenizerTest, UnknownCharactersFallBackToByteTokens) {
-  const Tokenizer tok = stories();
+  const Llama2cTokenizer tok = stories();
   // U+00FC (2 bytes) and U+1F600 (4 bytes) are not in the 512-token vocabulary.
   for (const std::string text : {"\xC3\xBC", "\xF0\x9F\x98\x80"}) {
     const std::vector<int> tokens = tok.encode(text, false);
@@ -186,20 +186,21 @@ TEST(TokenizerTest, UnknownCharactersFallBackToByteTokens) {
 }
 
 TEST(TokenizerTest, DecodeDropsTheSpaceOnlyAfterBos) {
-  const Tokenizer tok = stories();
+  const Llama2cTokenizer tok = stories();
   const int once = tok.encode("Once", false).back();
   ASSERT_EQ(tok.piece(once), " Once");
-  EXPECT_EQ(tok.decode(Tokenizer::kBos, once), "Once");
+  EXPECT_EQ(tok.decode(Llama2cTokenizer::kBos, once), "Once");
+  EXPECT_EQ(tok.decode(-1, once), "Once") << "the start of a text is like BOS";
   EXPECT_EQ(tok.decode(once, once), " Once");
   EXPECT_EQ(tok.decode(0, 3 + 'A'), "A");
-  EXPECT_EQ(tok.decode(Tokenizer::kBos, 3 + ' '), " ");  // a byte token, not a leading space
+  EXPECT_EQ(tok.decode(Llama2cTokenizer::kBos, 3 + ' '), " ");  // a byte token, not a leading space
 }
 
 TEST(TokenizerTest, DecodeRejectsOutOfRangeIds) {
-  const Tokenizer tok = stories();
+  const Llama2cTokenizer tok = stories();
   for (int bad : {-1, kStoriesVocab, 1 << 30}) {
     try {
-      tok.decode(Tokenizer::kBos, bad);
+      tok.decode(Llama2cTokenizer::kBos, bad);
       ADD_FAILURE() << "no exception for token " << bad;
     } catch (const ConfigError& e) {
       const std::string message = e.what();
@@ -224,7 +225,7 @@ TEST(TokenizerTest, MergesTheBestScoringPairFirstAndTheFirstPairOnATie) {
                                           {"b", 0},
                                           {" a", score_space_a},
                                           {"ab", score_ab}}));
-    return Tokenizer::load(path, 8).encode("ab", false);
+    return Llama2cTokenizer::load(path, 8).encode("ab", false);
   };
   EXPECT_EQ(encode_with(1.0F, 2.0F), (std::vector<int>{3, 7}));  // "ab" scores best
   EXPECT_EQ(encode_with(2.0F, 1.0F), (std::vector<int>{6, 5}));  // " a" scores best
@@ -235,7 +236,7 @@ TEST(TokenizerTest, ByteFallbackBeyondASmallVocabularyIsAFormatError) {
   test::TempDir dir("tokenizer");
   const std::string path = dir.file("tiny.bin");
   write_bytes(path, tokenizer_bytes(1, {{"u", 0}, {"s", 0}, {"e", 0}, {" ", 0}, {"a", 0}}));
-  const Tokenizer tok = Tokenizer::load(path, 5);
+  const Llama2cTokenizer tok = Llama2cTokenizer::load(path, 5);
   EXPECT_EQ(tok.encode("a", false), (std::vector<int>{3, 4}));
   EXPECT_NE(format_error_of([&] { tok.encode("z", false); }).find("byte token"), std::string::npos);
 }
@@ -251,7 +252,8 @@ TEST(TokenizerTest, TruncatedFilesAreRejected) {
        {size_t{0}, size_t{2}, size_t{4}, size_t{10}, original.size() / 2, original.size() - 1}) {
     SCOPED_TRACE("cut to " + std::to_string(keep));
     write_bytes(path, Bytes(original.begin(), original.begin() + keep));
-    const std::string message = format_error_of([&] { Tokenizer::load(path, kStoriesVocab); });
+    const std::string message =
+        format_error_of([&] { Llama2cTokenizer::load(path, kStoriesVocab); });
     EXPECT_NE(message.find(path), std::string::npos) << message;
     if (keep >= 4) {
       EXPECT_NE(message.find("truncated"), std::string::npos) << message;
@@ -263,11 +265,12 @@ TEST(TokenizerTest, VocabularySizeMustMatchTheFile) {
   const std::string path = test::stories_tokenizer();
   // The file holds 512 entries: asking for more finds it truncated, asking for
   // fewer leaves bytes over.
-  EXPECT_NE(format_error_of([&] { Tokenizer::load(path, kStoriesVocab + 1); }).find("truncated"),
+  EXPECT_NE(
+      format_error_of([&] { Llama2cTokenizer::load(path, kStoriesVocab + 1); }).find("truncated"),
+      std::string::npos);
+  EXPECT_NE(format_error_of([&] { Llama2cTokenizer::load(path, kStoriesVocab - 1); }).find("extra"),
             std::string::npos);
-  EXPECT_NE(format_error_of([&] { Tokenizer::load(path, kStoriesVocab - 1); }).find("extra"),
-            std::string::npos);
-  EXPECT_THROW(Tokenizer::load(path, 0), ConfigError);
+  EXPECT_THROW(Llama2cTokenizer::load(path, 0), ConfigError);
 }
 
 TEST(TokenizerTest, BadEntriesAreRejectedNamingTheEntry) {
@@ -283,12 +286,12 @@ TEST(TokenizerTest, BadEntriesAreRejectedNamingTheEntry) {
   };
 
   write_bytes(path, tokenizer_bytes(4, good));
-  EXPECT_NO_THROW(Tokenizer::load(path, 3));
+  EXPECT_NO_THROW(Llama2cTokenizer::load(path, 3));
 
   for (std::int32_t len : {-1, 5, 1 << 20}) {
     SCOPED_TRACE("length " + std::to_string(len));
     write_bytes(path, with_length(len));
-    const std::string message = format_error_of([&] { Tokenizer::load(path, 3); });
+    const std::string message = format_error_of([&] { Llama2cTokenizer::load(path, 3); });
     EXPECT_NE(message.find("entry 1"), std::string::npos) << message;
     EXPECT_NE(message.find(path), std::string::npos) << message;
   }
@@ -299,13 +302,13 @@ TEST(TokenizerTest, BadEntriesAreRejectedNamingTheEntry) {
   const std::int32_t long_len = 60;
   std::memcpy(bytes.data() + bytes.size() - 3 - 4, &long_len, sizeof(long_len));
   write_bytes(path, bytes);
-  std::string message = format_error_of([&] { Tokenizer::load(path, 3); });
+  std::string message = format_error_of([&] { Llama2cTokenizer::load(path, 3); });
   EXPECT_NE(message.find("entry 2"), std::string::npos) << message;
   EXPECT_NE(message.find("truncated"), std::string::npos) << message;
 
   for (std::int32_t max_len : {0, -5, (1 << 16) + 1}) {
     write_bytes(path, tokenizer_bytes(max_len, good));
-    message = format_error_of([&] { Tokenizer::load(path, 3); });
+    message = format_error_of([&] { Llama2cTokenizer::load(path, 3); });
     EXPECT_NE(message.find("max_token_length"), std::string::npos) << message;
   }
 }
@@ -313,7 +316,7 @@ TEST(TokenizerTest, BadEntriesAreRejectedNamingTheEntry) {
 TEST(TokenizerTest, MissingFileIsAFormatErrorNamingThePath) {
   test::TempDir dir("tokenizer");
   const std::string path = dir.file("missing.bin");
-  const std::string message = format_error_of([&] { Tokenizer::load(path, kStoriesVocab); });
+  const std::string message = format_error_of([&] { Llama2cTokenizer::load(path, kStoriesVocab); });
   EXPECT_NE(message.find(path), std::string::npos) << message;
   EXPECT_NE(message.find(std::strerror(ENOENT)), std::string::npos) << message;
 }

@@ -118,11 +118,12 @@ class Engine {
 // Bytes of one rank's KV cache for `context` tokens.
 std::int64_t kv_cache_bytes(const ModelConfig& config, int tp_size, int context);
 
-// Greedy generation: prefill, then up to `steps` new tokens; stops before BOS
-// (which ends a story and is not returned; unless `stop_at_bos` is false) or
-// when the engine's context is full. `before_pass`, when set, is called before
-// the prefill with (prefill, 0) and before decode step n with (decode, n),
-// n = 1, 2, ...; the command line hangs its fault injection on it.
+// Greedy generation: prefill, then up to `steps` new tokens; stops before any
+// of `stop_tokens` (which end a text and are not returned; the tokenizer's
+// stop_tokens(), empty to run on through them) or when the engine's context
+// is full. `before_pass`, when set, is called before the prefill with
+// (prefill, 0) and before decode step n with (decode, n), n = 1, 2, ...; the
+// command line hangs its fault injection on it.
 struct Generation {
   std::vector<int> tokens;  // the new tokens
   std::vector<float> prefill_logits;  // [vocab_size] of the prompt's last position
@@ -130,7 +131,7 @@ struct Generation {
   double decode_seconds = 0.0;
 };
 Generation generate(Engine& engine, const std::vector<int>& prompt, int steps,
-                    bool stop_at_bos = true,
+                    const std::vector<int>& stop_tokens,
                     const std::function<void(Pass pass, int step)>& before_pass = {});
 
 // max_i |got_i - expected_i| / max_i |expected_i|: the error relative to the

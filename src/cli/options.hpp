@@ -10,8 +10,9 @@ namespace flashcomm::cli {
 
 struct RunOptions {
   std::string model;
-  std::string tokenizer;
+  std::string tokenizer;  // empty: none (then the prompts must be token ids)
   std::vector<std::string> prompts;  // one per request; none means BOS alone
+  std::vector<std::string> prompt_tokens;  // one per request: ids "1,2,3", taken verbatim
   int steps = 256;
   ParallelConfig parallel;
   bool check = false;

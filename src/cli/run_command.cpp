@@ -30,6 +30,7 @@
 #include "cli/fault.hpp"
 #include "cli/launcher.hpp"
 #include "cli/mpi_session.hpp"
+#include "cli/prompts.hpp"
 #include "cli/report.hpp"
 #include "comm/mpi/mpi_check.hpp"
 #include "flashcomm/context.hpp"
@@ -62,15 +63,10 @@ namespace {
 // Where FLASHCOMM_FAULT may strike in a run (see cli/fault.hpp).
 const std::vector<std::string> kFaultPoints = {"prepare", "prefill", "decode"};
 
-struct Request {
-  int index = 0;
-  std::string prompt;
-  std::vector<int> prompt_tokens;  // BOS first
-};
-
 struct Prepared {
   ModelConfig config;
-  std::optional<Tokenizer> tokenizer;
+  std::unique_ptr<Tokenizer> tokenizer;  // null: none, the prompts are token ids
+  std::vector<int> stop_tokens;  // generation ends before these: the tokenizer's, or none
   std::vector<Request> requests;
   int context = 0;  // KV cache capacity: the longest prompt + steps, within seq_len
 };
@@ -115,45 +111,24 @@ Prepared prepare(const RunOptions& opt, int world_size) {
   if (opt.steps < 0) {
     throw ConfigError(fmt::format("--steps {} must be 0 or more", opt.steps));
   }
-  if (opt.model.empty() || opt.tokenizer.empty()) {
-    throw ConfigError(
-        fmt::format("--{} is empty, expected a file", opt.model.empty() ? "model" : "tokenizer"));
+  if (opt.model.empty()) {
+    throw ConfigError("--model is empty, expected a file");
   }
   check_json_path(opt.json_path);
   Prepared p;
   p.config = read_llama2c_config(opt.model);
   check_parallel_config(p.config, opt.parallel, world_size);
-  try {
-    p.tokenizer = Tokenizer::load(opt.tokenizer, p.config.vocab_size);
-  } catch (const FormatError& e) {
-    throw FormatError(
-        fmt::format("{} (the model's vocab_size is {})", e.what(), p.config.vocab_size));
+  if (!opt.tokenizer.empty()) {
+    p.tokenizer = load_tokenizer(opt.tokenizer, p.config.vocab_size);
+    p.stop_tokens = p.tokenizer->stop_tokens();
+  } else {
+    log::info("no tokenizer: generation stops only after --steps or at the context end");
   }
-  const std::vector<std::string> prompts =
-      opt.prompts.empty() ? std::vector<std::string>{""} : opt.prompts;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    Request r;
-    r.index = static_cast<int>(i);
-    r.prompt = prompts[i];
-    const std::string which = prompts.size() > 1 ? fmt::format("prompt {}: ", i) : "";
-    // Encoding is quadratic in the text; a text that cannot fit even at the
-    // longest piece per token is refused before it is encoded.
-    const std::size_t fewest_tokens = r.prompt.size() / p.tokenizer->max_piece_bytes() + 1;
-    if (fewest_tokens > static_cast<std::size_t>(p.config.seq_len)) {
-      throw ConfigError(fmt::format(
-          "{}the prompt has {} bytes, at least {} tokens, but the model's context (seq_len) is {}",
-          which, r.prompt.size(), fewest_tokens, p.config.seq_len));
-    }
-    r.prompt_tokens = p.tokenizer->encode(r.prompt, true);
-    try {
-      check_prompt_fits(p.config, static_cast<int>(r.prompt_tokens.size()));
-    } catch (const ConfigError& e) {
-      throw ConfigError(which + e.what());
-    }
+  p.requests = make_requests(opt, p.config, p.tokenizer.get());
+  for (const Request& r : p.requests) {
     const std::int64_t wanted = static_cast<std::int64_t>(r.prompt_tokens.size()) + opt.steps;
     p.context = static_cast<int>(
         std::max<std::int64_t>(p.context, std::min<std::int64_t>(wanted, p.config.seq_len)));
-    p.requests.push_back(std::move(r));
   }
   check_kv_cache_fits(p.config, opt.parallel, p.context);
   return p;
@@ -171,6 +146,8 @@ std::uint64_t fingerprint(const RunOptions& opt, const Prepared& p) {
   for (const Request& r : p.requests) {
     text += fmt::format("|{}", fmt::join(r.prompt_tokens, ","));
   }
+  // Ranks that stop at different tokens would run different collectives.
+  text += fmt::format("|stop {}", fmt::join(p.stop_tokens, ","));
   return std::hash<std::string>{}(text);
 }
 
@@ -193,15 +170,6 @@ bool ranks_agree(const RunOptions& opt, const Prepared* prepared) {
   return lo == ULLONG_MAX || lo == hi;
 }
 
-std::string decode_text(const Tokenizer& tok, int prev, const std::vector<int>& tokens) {
-  std::string text;
-  for (int t : tokens) {
-    text += tok.decode(prev, t);
-    prev = t;
-  }
-  return text;
-}
-
 // Serves this replica's requests; returns their results as JSON.
 json serve(const RunOptions& opt, const Prepared& prep, const ModelWeights& weights,
            ParallelContext& ctx, Engine& engine, double& max_rel_err) {
@@ -213,14 +181,17 @@ json serve(const RunOptions& opt, const Prepared& prep, const ModelWeights& weig
     }
     log::info("request {}: {} prompt tokens, up to {} new", r.index, r.prompt_tokens.size(),
               opt.steps);
-    const Generation g = generate(engine, r.prompt_tokens, opt.steps, true,
+    const Generation g = generate(engine, r.prompt_tokens, opt.steps, prep.stop_tokens,
                                   [](Pass pass, int step) { fault_point(to_string(pass), step); });
+    // Without a tokenizer there is no text: null, the ids tell all.
     json result = {{"index", r.index},
                    {"dp_rank", place.dp_rank},
-                   {"prompt", r.prompt},
+                   {"prompt", r.prompt ? json(*r.prompt) : json(nullptr)},
                    {"prompt_tokens", r.prompt_tokens},
                    {"generated_tokens", g.tokens},
-                   {"text", decode_text(*prep.tokenizer, r.prompt_tokens.back(), g.tokens)},
+                   {"text", prep.tokenizer ? json(decode_tokens(*prep.tokenizer,
+                                                                r.prompt_tokens.back(), g.tokens))
+                                           : json(nullptr)},
                    {"prefill_seconds", g.prefill_seconds},
                    {"decode_seconds", g.decode_seconds}};
     if (opt.check && place.tp_rank == 0) {
@@ -265,8 +236,8 @@ std::vector<json> gather_json(const json& mine, bool send) {
   return out;
 }
 
-void print_and_write(const RunOptions& opt, std::vector<json> results, ParallelContext& ctx,
-                     double max_rel_err) {
+void print_and_write(const RunOptions& opt, const Tokenizer* tokenizer, std::vector<json> results,
+                     ParallelContext& ctx, double max_rel_err) {
   std::sort(results.begin(), results.end(),
             [](const json& a, const json& b) { return a["index"] < b["index"]; });
   double prefill_seconds = 0.0;
@@ -285,7 +256,13 @@ void print_and_write(const RunOptions& opt, std::vector<json> results, ParallelC
       fmt::print("--- request {} (dp replica {}) ---\n", r["index"].get<int>(),
                  r["dp_rank"].get<int>());
     }
-    fmt::print("{}{}\n", r["prompt"].get<std::string>(), r["text"].get<std::string>());
+    if (r["text"].is_null()) {
+      fmt::print("prompt tokens: {}\ngenerated tokens: {}\n",
+                 join_token_ids(r["prompt_tokens"].get<std::vector<int>>()),
+                 join_token_ids(r["generated_tokens"].get<std::vector<int>>()));
+    } else {
+      fmt::print("{}{}\n", r["prompt"].get<std::string>(), r["text"].get<std::string>());
+    }
   }
   const ParallelConfig& pc = ctx.config();
   fmt::print("\nlayout: dp {} x tp {}, flashcomm1 {}, flashcomm2 {}\n", pc.dp_size, pc.tp_size,
@@ -306,6 +283,10 @@ void print_and_write(const RunOptions& opt, std::vector<json> results, ParallelC
   if (!opt.json_path.empty()) {
     json report = {
         {"model", opt.model},
+        {"tokenizer", tokenizer != nullptr ? json{{"file", opt.tokenizer},
+                                                  {"format", tokenizer->format()},
+                                                  {"vocab_size", tokenizer->vocab_size()}}
+                                           : json(nullptr)},
         {"parallel",
          {{"dp", pc.dp_size},
           {"tp", pc.tp_size},
@@ -331,15 +312,24 @@ void add_run_options(CLI::App& run, RunOptions& o) {
   run.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   run.add_option("--model", o.model, "llama2.c checkpoint (legacy or version-1 layout)")
       ->required();
-  run.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer file")->required();
+  run.add_option("--tokenizer", o.tokenizer,
+                 "llama2.c tokenizer file or SentencePiece model (tokenizer.model), told apart by "
+                 "content; optional with --prompt-tokens");
   // One value per --prompt, so a stray word is an error, not a second request.
   run.add_option("--prompt", o.prompts,
                  "prompt text; repeat for several requests (spread over DP replicas); "
                  "empty or absent: start from BOS alone")
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  run.add_option("--prompt-tokens", o.prompt_tokens,
+                 "a prompt as token ids, e.g. 1,403,407, taken verbatim (no BOS added); repeat "
+                 "for several requests; not with --prompt")
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run.add_option("--steps", o.steps,
-                 "new tokens to generate (stops at BOS or when the context is full)")
+                 "new tokens to generate (stops earlier at the tokenizer's end tokens, llama2.c: "
+                 "BOS, SentencePiece: EOS or BOS, none without a tokenizer; or when the context "
+                 "is full)")
       ->capture_default_str()
       ->transform(decimal_integer());
   run.add_option("--tp", o.parallel.tp_size, "tensor-parallel size")
@@ -441,7 +431,7 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
       // The other ranks are done communicating: a failure here (say, the
       // report cannot be written) ends rank 0 alone, without an abort.
       try {
-        print_and_write(opt, std::move(results), ctx, worst_err);
+        print_and_write(opt, prep.tokenizer.get(), std::move(results), ctx, worst_err);
       } catch (const std::exception& e) {
         fmt::print(stderr, "flashcomm: error: {}\n", e.what());
         return exit_code_for(e);

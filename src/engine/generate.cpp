@@ -1,10 +1,10 @@
 // Greedy generation on top of the engine's prefill and decode passes.
+#include <algorithm>
 #include <chrono>
 
 #include "flashcomm/engine.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/kernels.hpp"
-#include "flashcomm/tokenizer.hpp"
 
 namespace flashcomm {
 
@@ -14,7 +14,8 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }
 }  // namespace
 
-Generation generate(Engine& engine, const std::vector<int>& prompt, int steps, bool stop_at_bos,
+Generation generate(Engine& engine, const std::vector<int>& prompt, int steps,
+                    const std::vector<int>& stop_tokens,
                     const std::function<void(Pass pass, int step)>& before_pass) {
   const ModelConfig& c = engine.weights().config;
   FC_ASSERT(!prompt.empty(), "a prompt holds at least BOS");
@@ -34,7 +35,7 @@ Generation generate(Engine& engine, const std::vector<int>& prompt, int steps, b
   start = std::chrono::steady_clock::now();
   for (int step = 0; step < steps; ++step) {
     const int next = kernels::argmax(logits.data(), c.vocab_size);
-    if (stop_at_bos && next == Tokenizer::kBos) {
+    if (std::find(stop_tokens.begin(), stop_tokens.end(), next) != stop_tokens.end()) {
       break;
     }
     g.tokens.push_back(next);

@@ -96,7 +96,7 @@ int byte_piece_value(const std::string& piece) {
 
 }  // namespace
 
-Tokenizer Tokenizer::load(const std::string& path, int vocab_size) {
+Llama2cTokenizer Llama2cTokenizer::load(const std::string& path, int vocab_size) {
   if (vocab_size <= 0) {
     throw ConfigError(
         fmt::format("{}: tokenizer vocab_size is {}, expected a positive value", path, vocab_size));
@@ -115,7 +115,7 @@ Tokenizer Tokenizer::load(const std::string& path, int vocab_size) {
                     path, in.remaining(), vocab_size));
   }
 
-  Tokenizer tok;
+  Llama2cTokenizer tok;
   tok.pieces_.reserve(static_cast<size_t>(vocab_size));
   tok.scores_.reserve(static_cast<size_t>(vocab_size));
   for (int id = 0; id < vocab_size; ++id) {
@@ -149,12 +149,12 @@ Tokenizer Tokenizer::load(const std::string& path, int vocab_size) {
   return tok;
 }
 
-int Tokenizer::lookup(std::string_view piece) const {
+int Llama2cTokenizer::lookup(std::string_view piece) const {
   const auto it = ids_.find(std::string(piece));
   return it == ids_.end() ? -1 : it->second;
 }
 
-std::vector<int> Tokenizer::encode(std::string_view text, bool bos) const {
+std::vector<int> Llama2cTokenizer::encode(std::string_view text, bool bos) const {
   std::vector<int> tokens;
   if (bos) {
     tokens.push_back(kBos);
@@ -224,14 +224,14 @@ std::vector<int> Tokenizer::encode(std::string_view text, bool bos) const {
   return tokens;
 }
 
-std::string Tokenizer::decode(int prev, int token) const {
+std::string Llama2cTokenizer::decode(int prev, int token) const {
   if (token < 0 || token >= vocab_size()) {
     throw ConfigError(fmt::format("token id {} is out of range for a vocabulary of {} tokens",
                                   token, vocab_size()));
   }
   const std::string& piece = pieces_[static_cast<size_t>(token)];
   // The dummy prefix of encode() is not part of the text.
-  if (prev == kBos && !piece.empty() && piece[0] == ' ') {
+  if ((prev == kBos || prev < 0) && !piece.empty() && piece[0] == ' ') {
     return piece.substr(1);
   }
   const int byte = byte_piece_value(piece);
@@ -241,12 +241,16 @@ std::string Tokenizer::decode(int prev, int token) const {
   return piece;
 }
 
-int Tokenizer::max_piece_bytes() const {
+int Llama2cTokenizer::max_piece_bytes() const {
   size_t longest = 1;
   for (const std::string& p : pieces_) {
     longest = std::max(longest, p.size());
   }
   return static_cast<int>(longest);
+}
+
+std::size_t Llama2cTokenizer::fewest_tokens(std::size_t text_bytes) const {
+  return text_bytes / static_cast<std::size_t>(max_piece_bytes());
 }
 
 }  // namespace flashcomm

@@ -4,8 +4,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <utility>
+
+#include <sentencepiece_trainer.h>
 
 #include <sys/wait.h>
 
@@ -112,6 +115,64 @@ std::vector<ModelConfig> qwen_test_configs() {
     }
   }
   return out;
+}
+
+namespace {
+
+// Feeds the trainer from memory, so no corpus file is needed.
+class Sentences : public sentencepiece::SentenceIterator {
+ public:
+  explicit Sentences(const std::vector<std::string>& sentences) : sentences_(sentences) {}
+  bool done() const override { return at_ >= sentences_.size(); }
+  void Next() override { ++at_; }
+  const std::string& value() const override { return sentences_[at_]; }
+  sentencepiece::util::Status status() const override { return {}; }
+
+ private:
+  const std::vector<std::string>& sentences_;
+  size_t at_ = 0;
+};
+
+}  // namespace
+
+const std::vector<std::string>& sentencepiece_training_text() {
+  static const std::vector<std::string> text = [] {
+    const std::vector<std::string> stories = {
+        "Once upon a time, there was a little girl named Lily.",
+        "She loved to play outside in the park with her friend Tom.",
+        "One day, she saw a big, red ball under the old tree.",
+        "\"Can I play with it?\" asked Tom. Lily said yes, and they played all day.",
+        "The cat sat on the mat, and the dog ran to the river to drink.",
+        "They were happy, and the sun was warm in the sky.",
+    };
+    std::vector<std::string> repeated;
+    for (int i = 0; i < 20; ++i) {
+      repeated.insert(repeated.end(), stories.begin(), stories.end());
+    }
+    return repeated;
+  }();
+  return text;
+}
+
+std::string train_sentencepiece(const std::string& flags) {
+  Sentences sentences(sentencepiece_training_text());
+  std::string model;
+  const sentencepiece::util::Status status = sentencepiece::SentencePieceTrainer::Train(
+      flags + " --minloglevel=2 --num_threads=1", &sentences, &model);
+  if (!status.ok()) {
+    throw std::runtime_error(
+        fmt::format("training a SentencePiece model with {} failed: {}", flags, status.ToString()));
+  }
+  return model;
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) {
+    throw std::runtime_error("cannot write " + path);
+  }
 }
 
 TempDir::TempDir(const std::string& tag) {

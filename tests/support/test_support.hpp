@@ -49,6 +49,17 @@ std::vector<ModelConfig> random_test_configs();
 // qkv_bias, with qk_norm, and with both (in that order, shape by shape).
 std::vector<ModelConfig> qwen_test_configs();
 
+// A SentencePiece model trained on a few short stories, serialized (the bytes
+// of a tokenizer.model). `flags` are the trainer's, e.g. "--model_type=bpe
+// --vocab_size=320 --byte_fallback=true". Takes well under a second.
+std::string train_sentencepiece(const std::string& flags);
+
+// The sentences train_sentencepiece() learns from.
+const std::vector<std::string>& sentencepiece_training_text();
+
+// Writes `bytes` to `path`; throws when it cannot.
+void write_file(const std::string& path, const std::string& bytes);
+
 // A fresh temporary directory, removed with everything in it when the
 // object goes away.
 class TempDir {
