@@ -14,6 +14,7 @@
 
 #include "flashcomm/hf.hpp"
 #include "flashcomm/model.hpp"
+#include "model_fixtures.hpp"
 #include "test_support.hpp"
 
 namespace flashcomm {
@@ -79,6 +80,38 @@ TEST(HfCli, EveryTpSizeAndSchemeGivesTheTokensOfOneRank) {
     const auto sharded = run_json(dir.path(), prompt + " --check " + layout);
     EXPECT_EQ(sharded["generated_tokens"], single["generated_tokens"]) << layout;
     EXPECT_LT(sharded["check"]["max_rel_err"].get<double>(), 1e-4) << layout;
+  }
+}
+
+TEST(HfCli, QwenStyleCheckpointsGiveTheSameTokensAtEveryLayout) {
+  // The tokenizer has 512 tokens, so the random models do too; 8 query and
+  // 4 KV heads (2 for Qwen2, replicated at TP 4) allow TP 1, 2 and 4.
+  ModelConfig q2 = test::qwen2_config();
+  q2.d_model = 64;
+  q2.n_heads = 8;
+  q2.head_dim = 8;
+  ModelConfig q3 = test::qwen3_config();
+  q3.n_heads = 8;
+  q3.n_kv_heads = 4;
+  q3.hidden_dim = 96;
+  for (ModelConfig* c : {&q2, &q3}) {
+    c->vocab_size = 512;
+    c->seq_len = 128;
+  }
+  for (const auto& [type, config] : {std::pair{"qwen2", q2}, std::pair{"qwen3", q3}}) {
+    SCOPED_TRACE(type);
+    const test::TempDir dir("hfcli-qwen");
+    save_hf_checkpoint(test::random_model(config, 21), dir.path(), DType::bf16, type);
+    const std::string prompt = "--prompt 'Once upon a time' --steps 12 --check";
+    const auto single = run_json(dir.path(), prompt);
+    ASSERT_FALSE(single.empty());
+    EXPECT_EQ(single["generated_tokens"].size(), 12U) << "random models rarely emit BOS";
+    for (const char* layout :
+         {"--tp 2 --flashcomm1", "--tp 4 --flashcomm2 2", "--tp 4 --flashcomm1 --flashcomm2 1"}) {
+      const auto sharded = run_json(dir.path(), prompt + " " + layout);
+      EXPECT_EQ(sharded["generated_tokens"], single["generated_tokens"]) << layout;
+      EXPECT_LT(sharded["check"]["max_rel_err"].get<double>(), 1e-4) << layout;
+    }
   }
 }
 
