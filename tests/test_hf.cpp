@@ -401,6 +401,16 @@ TEST(HfCheckpoint, AShardedCheckpointReadsAsTheSingleFile) {
   expect_same_weights(materialize(HfSource(dir.path())), stories());
 }
 
+TEST(HfCheckpoint, SymbolicLinksAreFollowed) {
+  // The Hugging Face cache's snapshot directories link to blobs elsewhere.
+  const test::TempDir blobs("hfblobs");
+  const test::TempDir snapshot("hfsnap");
+  save_hf_checkpoint(stories(), blobs.path(), DType::f16, "llama");
+  fs::create_symlink(blobs.file("model.safetensors"), snapshot.file("model.safetensors"));
+  fs::create_symlink(blobs.file("config.json"), snapshot.file("config.json"));
+  expect_same_weights(materialize(HfSource(snapshot.path())), rounded(stories(), DType::f16));
+}
+
 // --- Qwen ---------------------------------------------------------------------
 
 TEST(HfCheckpoint, QwenStyleBfloat16CheckpointsMatchHfsDefinition) {
