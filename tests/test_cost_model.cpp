@@ -9,6 +9,7 @@
 #include <set>
 #include <tuple>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "flashcomm/cost_model.hpp"
@@ -262,6 +263,54 @@ TEST(CostModel, GemmsAreComputeBoundForLongPromptsAndWeightBoundForShortOnes) {
   ASSERT_NE(one, nullptr);
   EXPECT_NEAR(one->seconds, one->bytes_moved / p.memory_bandwidth_Bps, 1e-12);
   EXPECT_GT(one->bytes_moved / p.memory_bandwidth_Bps, one->flops / p.gemm_flops);
+}
+
+// Qwen2's bias add and Qwen3's q/k norm are memory-bound steps inside
+// qkv_proj with exact byte counts; every other phase, and every collective,
+// stays as it was.
+TEST(CostModel, QkvBiasAndQkNormAddExactMemoryTrafficAndNoCommunication) {
+  const HardwareProfile p = fp32(builtin_profile("h100-sxm"));
+  ModelConfig plain = preset_config("qwen3-32b");
+  plain.qk_norm = false;
+  ModelConfig bias = plain;
+  bias.qkv_bias = true;
+  ModelConfig norm = plain;
+  norm.qk_norm = true;
+  ModelConfig both = bias;
+  both.qk_norm = true;
+  // TP 8: 8 query heads and 1 KV head of 128 per rank.
+  const std::int64_t q_local = 8 * 128;
+  const std::int64_t kv_local = 128;
+  for (const ParallelConfig& pc : candidate_schemes(8, 1)) {
+    for (const int n : {1, 37, 4096}) {
+      const LayerCost base = predict_layer(plain, pc, n, p);
+      const std::int64_t bias_elems = 2 * n * (q_local + 2 * kv_local) + q_local + 2 * kv_local;
+      const std::int64_t norm_elems = 2 * n * (q_local + kv_local) + 2 * 128;
+      const std::vector<std::pair<const ModelConfig*, std::int64_t>> cases = {
+          {&bias, bias_elems}, {&norm, norm_elems}, {&both, bias_elems + norm_elems}};
+      for (const auto& [model, extra] : cases) {
+        SCOPED_TRACE(fmt::format("{}, {} tokens, qkv_bias {} qk_norm {}", scheme_name(pc), n,
+                                 model->qkv_bias, model->qk_norm));
+        const LayerCost got = predict_layer(*model, pc, n, p);
+        ASSERT_EQ(got.phases.size(), base.phases.size());
+        for (size_t i = 0; i < got.phases.size(); ++i) {
+          const PhaseCost& g = got.phases[i];
+          const PhaseCost& b = base.phases[i];
+          EXPECT_EQ(g.phase, b.phase);
+          EXPECT_EQ(g.comm_bytes, b.comm_bytes) << to_string(g.phase);
+          EXPECT_EQ(g.flops, b.flops) << to_string(g.phase);
+          if (g.phase == Phase::qkv_proj) {
+            EXPECT_DOUBLE_EQ(g.bytes_moved - b.bytes_moved, static_cast<double>(extra) * 4);
+            EXPECT_NEAR(g.seconds - b.seconds,
+                        static_cast<double>(extra) * 4 / p.memory_bandwidth_Bps, 1e-15);
+          } else {
+            EXPECT_EQ(g.bytes_moved, b.bytes_moved) << to_string(g.phase);
+            EXPECT_EQ(g.seconds, b.seconds) << to_string(g.phase);
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST(CostModel, OneRankHasNoCollectives) {
@@ -538,10 +587,20 @@ TEST(Profiles, ResolveNamesABuiltInOrAFile) {
 }
 
 TEST(Presets, ShapesOfThePublishedConfigs) {
-  EXPECT_EQ(preset_names().size(), 5U);
+  EXPECT_EQ(preset_names().size(), 6U);
   const ModelConfig qwen = preset_config("qwen3-32b");
   EXPECT_EQ(qwen.q_dim(), 8192);
   EXPECT_EQ(qwen.d_model, 5120);
+  EXPECT_TRUE(qwen.qk_norm) << "Qwen3 normalises q and k per head";
+  EXPECT_FALSE(qwen.qkv_bias);
+  const ModelConfig qwen2 = preset_config("qwen2-7b");
+  EXPECT_EQ(qwen2.q_dim(), 3584);
+  EXPECT_EQ(qwen2.n_kv_heads, 4);
+  EXPECT_TRUE(qwen2.qkv_bias) << "Qwen2's q, k, v projections have biases";
+  EXPECT_FALSE(qwen2.qk_norm);
+  for (const char* llama : {"llama-3-8b", "llama-3-70b", "stories260K"}) {
+    EXPECT_FALSE(preset_config(llama).qkv_bias || preset_config(llama).qk_norm) << llama;
+  }
   const ModelConfig ds = preset_config("deepseek-v3-attn");
   EXPECT_EQ(ds.q_dim(), 16384);
   EXPECT_EQ(ds.n_layers, 61);
@@ -772,7 +831,29 @@ TEST(Presets, AnyShapeFromAString) {
   EXPECT_EQ(q->seq_len, 65536);
   EXPECT_EQ(named_model("llama-3-8b")->d_model, 4096);
   EXPECT_FALSE(named_model("/some/file.bin").has_value());
+  EXPECT_FALSE(m->qkv_bias || m->qk_norm) << "the flags default to off";
+  const auto flagged = named_model(
+      "shape:d_model=64,n_heads=4,n_kv_heads=2,hidden_dim=96,n_layers=1,qkv_bias=1,qk_norm=1");
+  ASSERT_TRUE(flagged.has_value());
+  EXPECT_TRUE(flagged->qkv_bias);
+  EXPECT_TRUE(flagged->qk_norm);
+  const auto off = named_model(
+      "shape:d_model=64,n_heads=4,n_kv_heads=2,hidden_dim=96,n_layers=1,qkv_bias=0,qk_norm=1");
+  ASSERT_TRUE(off.has_value());
+  EXPECT_FALSE(off->qkv_bias);
+  EXPECT_TRUE(off->qk_norm);
+  try {
+    named_model("shape:d_model=64,n_heads=4,n_kv_heads=2,hidden_dim=96,n_layers=1,qk_norm=yes");
+    ADD_FAILURE() << "qk_norm=yes was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("qk_norm=yes is not 0 or 1"), std::string::npos)
+        << e.what();
+  }
   for (const char* bad : {"shape:d_model=4096", "shape:d_model=x,n_heads=2", "shape:width=3",
+                          "shape:d_model=64,n_heads=4,n_kv_heads=2,hidden_dim=96,n_layers=1,"
+                          "qkv_bias=2",
+                          "shape:d_model=64,n_heads=4,n_kv_heads=2,hidden_dim=96,n_layers=1,"
+                          "qkv_bias=",
                           "shape:d_model=10,n_heads=3,n_kv_heads=1,hidden_dim=4,n_layers=1",
                           "shape:d_model=64,n_heads=8,n_kv_heads=3,hidden_dim=4,n_layers=1"}) {
     EXPECT_THROW(named_model(bad), ConfigError) << bad;

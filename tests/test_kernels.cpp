@@ -289,6 +289,83 @@ TEST(AddInplace, TouchesOnlyNRowsTimesDim) {
   EXPECT_EQ(x, (std::vector<float>{3, 3, 3, 3, 3, 3, 1}));
 }
 
+// ----------------------------------------------------------------- add_bias
+
+TEST(AddBias, MatchesReferenceOnStridedBlocks) {
+  struct Case {
+    int n_rows, dim, pad;
+  };
+  const Case cases[] = {{1, 1, 0}, {1, 96, 0}, {7, 20, 12}, {19, 33, 5}};
+  std::mt19937 rng(21);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(fmt::format("n_rows={} dim={} pad={}", c.n_rows, c.dim, c.pad));
+    Matrix x = random_matrix(c.n_rows, c.dim, c.pad, rng);
+    Matrix x_ref = x;
+    const std::vector<float> bias = random_vector(c.dim, rng);
+    add_bias(x.ptr(), x.ld, bias.data(), c.n_rows, c.dim);
+    reference::add_bias(x_ref.ptr(), x_ref.ld, bias.data(), c.n_rows, c.dim);
+    // One float addition per element in both: bit-identical.
+    EXPECT_EQ(block(x), block(x_ref));
+    EXPECT_TRUE(padding_intact(x));
+  }
+}
+
+TEST(AddBias, AddsTheSameBiasToEveryRow) {
+  // Two rows of a [2, 4] matrix, bias on its first 3 columns only.
+  std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8};
+  const float bias[] = {10, -1, 0.5f};
+  add_bias(x.data(), 4, bias, 2, 3);
+  EXPECT_EQ(x, (std::vector<float>{11, 1, 3.5f, 4, 15, 5, 7.5f, 8}));
+}
+
+// ------------------------------------------------------------- head_rmsnorm
+
+TEST(HeadRmsnorm, MatchesReference) {
+  struct Case {
+    int n_rows, n_heads, head_dim, pad;
+  };
+  const Case cases[] = {{1, 1, 2, 0}, {1, 8, 128, 0}, {7, 4, 8, 3}, {5, 3, 12, 17}, {13, 6, 64, 0}};
+  std::mt19937 rng(22);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(fmt::format("n_rows={} n_heads={} head_dim={} pad={}", c.n_rows, c.n_heads,
+                             c.head_dim, c.pad));
+    Matrix x = random_matrix(c.n_rows, c.n_heads * c.head_dim, c.pad, rng, -3.0f, 3.0f);
+    Matrix x_ref = x;
+    const std::vector<float> weight = random_vector(c.head_dim, rng, 0.5f, 1.5f);
+    head_rmsnorm(x.ptr(), x.ld, weight.data(), c.n_rows, c.n_heads, c.head_dim, 1e-6f);
+    reference::head_rmsnorm(x_ref.ptr(), x_ref.ld, weight.data(), c.n_rows, c.n_heads, c.head_dim,
+                            1e-6f);
+    // As rmsnorm: a float sum of head_dim squares against a double one.
+    EXPECT_TRUE(all_near(block(x), block(x_ref), 1e-7, 1e-5));
+    EXPECT_TRUE(padding_intact(x));
+  }
+}
+
+TEST(HeadRmsnorm, NormalisesEachHeadOnItsOwn) {
+  // One row, two heads of head_dim 2 with different scales, one shared
+  // weight: rms(3, -3) = 3 and rms(0.5, 0.5) = 0.5, so each head becomes
+  // sign(x) * weight whatever its scale; eps 0 keeps it exact.
+  const float weight[] = {2, 5};
+  const std::vector<float> want = {2, -5, 2, 5};
+  std::vector<float> x = {3, -3, 0.5f, 0.5f};
+  std::vector<float> x_ref = x;
+  head_rmsnorm(x.data(), 4, weight, 1, 2, 2, 0.0f);
+  reference::head_rmsnorm(x_ref.data(), 4, weight, 1, 2, 2, 0.0f);
+  EXPECT_EQ(x, want);
+  EXPECT_EQ(x_ref, want);
+}
+
+TEST(HeadRmsnorm, EpsIsAddedToEachHeadsMeanSquare) {
+  // Mean square 1, plus eps 3, gives rms 2 in each head.
+  const float weight[] = {2, 6};
+  std::vector<float> x = {1, -1, -1, 1};
+  std::vector<float> x_ref = x;
+  head_rmsnorm(x.data(), 4, weight, 1, 2, 2, 3.0f);
+  reference::head_rmsnorm(x_ref.data(), 4, weight, 1, 2, 2, 3.0f);
+  EXPECT_EQ(x, (std::vector<float>{1, -3, -1, 3}));
+  EXPECT_EQ(x_ref, (std::vector<float>{1, -3, -1, 3}));
+}
+
 // ----------------------------------------------------------------- silu_mul
 
 TEST(SiluMul, MatchesReference) {

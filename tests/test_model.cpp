@@ -1,6 +1,7 @@
 // Tests of the model configuration, the llama2.c checkpoint reader and writer,
-// and the seeded random weights. Corrupt checkpoints are made by editing a
-// copy of the real stories260K file in a temporary directory.
+// the seeded random weights, and Qwen's attention features in the reference
+// forward pass. Corrupt checkpoints are made by editing a copy of the real
+// stories260K file in a temporary directory.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,8 +14,12 @@
 #include <functional>
 #include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include <fmt/format.h>
+
+#include "flashcomm/engine.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/model.hpp"
 #include "test_support.hpp"
@@ -152,6 +157,37 @@ TEST(ModelConfigTest, CheckConfigAcceptsValidShapes) {
     EXPECT_NO_THROW(check_config(c, "test"));
   }
   EXPECT_NO_THROW(check_config(read_llama2c_config(test::stories_checkpoint()), "test"));
+  for (const ModelConfig& c : test::qwen_test_configs()) {
+    EXPECT_NO_THROW(check_config(c, "test"));
+  }
+}
+
+TEST(ModelConfigTest, TheParameterCeilingCountsTheQwenTensors) {
+  // A shape just under the 2^37-parameter ceiling that the biases
+  // (q_dim + 2*kv_dim = 2^21 per layer) push over it.
+  ModelConfig c;
+  c.d_model = 5;
+  c.hidden_dim = 1 << 20;
+  c.n_layers = 4096;
+  c.n_heads = 16;
+  c.n_kv_heads = 8;
+  c.head_dim = 1 << 16;
+  c.vocab_size = 1;
+  c.seq_len = 1;
+  const std::int64_t d = c.d_model;
+  const std::int64_t q_dim = c.q_dim();
+  const std::int64_t kv_dim = c.kv_dim();
+  const std::int64_t per_layer = 2 * d + 2 * q_dim * d + 2 * kv_dim * d + 3 * d * c.hidden_dim;
+  const std::int64_t without = d + c.n_layers * per_layer + d;
+  const std::int64_t ceiling = std::int64_t{1} << 37;
+  ASSERT_LT(without + c.n_layers * 2 * std::int64_t{c.head_dim}, ceiling);
+  ASSERT_GT(without + c.n_layers * (q_dim + 2 * kv_dim), ceiling);
+  EXPECT_NO_THROW(check_config(c, "test"));
+  c.qk_norm = true;  // 2 * head_dim per layer: still under
+  EXPECT_NO_THROW(check_config(c, "test"));
+  c.qkv_bias = true;
+  const std::string message = format_error_of([&] { check_config(c, "my-source"); });
+  EXPECT_NE(message.find("parameters"), std::string::npos) << message;
 }
 
 TEST(ModelConfigTest, CheckConfigNamesTheBadField) {
@@ -296,6 +332,34 @@ TEST(Llama2cTest, SaveRejectsShapesTheFormatCannotHold) {
   EXPECT_THROW(save_llama2c(w, dir.file("short.bin"), 1), ConfigError);
 }
 
+TEST(Llama2cTest, SaveRefusesQkvBiasAndQkNorm) {
+  // The format has no tensor for either; writing such a model would drop
+  // weights without a word.
+  test::TempDir dir("model");
+  for (const auto& [bias, norm] : {std::pair{true, false}, std::pair{false, true}}) {
+    ModelConfig c = savable_config(false);
+    c.qkv_bias = bias;
+    c.qk_norm = norm;
+    const ModelWeights w = random_weights(c, 1);
+    for (int version : {0, 1}) {
+      const std::string path = dir.file(fmt::format("qwen-v{}.bin", version));
+      try {
+        save_llama2c(w, path, version);
+        ADD_FAILURE() << "saved a model with qkv_bias " << bias << " qk_norm " << norm;
+      } catch (const ConfigError& e) {
+        const std::string message = e.what();
+        EXPECT_NE(message.find(fmt::format("qkv_bias {} and qk_norm {}", bias, norm)),
+                  std::string::npos)
+            << message;
+        EXPECT_NE(message.find("llama2.c checkpoints hold no q/k/v biases or q/k norms"),
+                  std::string::npos)
+            << message;
+      }
+      EXPECT_FALSE(std::filesystem::exists(path));
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Random weights
 
@@ -365,6 +429,103 @@ TEST(RandomWeightsTest, RejectsAnInvalidConfig) {
   ModelConfig c = test::random_test_configs()[0];
   c.n_kv_heads = 4;  // 6 query heads do not group by 4
   EXPECT_THROW(random_weights(c, 1), FormatError);
+}
+
+// ---------------------------------------------------------------------------
+// Qwen's attention features in the reference forward pass
+
+ModelWeights qwen_model(bool bias, bool norm) {
+  ModelConfig c = test::random_test_configs()[0];
+  c.qkv_bias = bias;
+  c.qk_norm = norm;
+  c.norm_eps = 1e-6F;  // Qwen's; keeps the scale tests below tight
+  return random_weights(c, 11);
+}
+
+const std::vector<int> kPrompt = {1, 5, 9, 2, 7, 40, 3};
+
+std::vector<float> reference_logits(const ModelWeights& w) {
+  ReferenceModel reference(w);
+  return reference.last_logits(kPrompt);
+}
+
+void scale(std::vector<float>& v, float factor) {
+  for (float& x : v) {
+    x *= factor;
+  }
+}
+
+TEST(ReferenceQwen, ZeroBiasesAreNoBiasAndSeededOnesMatter) {
+  const ModelWeights seeded = qwen_model(true, false);
+  ModelWeights zero = seeded;
+  ModelWeights none = seeded;
+  none.config.qkv_bias = false;
+  for (size_t l = 0; l < seeded.layers.size(); ++l) {
+    for (auto member : {&LayerWeights::bq, &LayerWeights::bk, &LayerWeights::bv}) {
+      std::fill((zero.layers[l].*member).begin(), (zero.layers[l].*member).end(), 0.0F);
+      (none.layers[l].*member).clear();
+    }
+  }
+  EXPECT_EQ(reference_logits(zero), reference_logits(none));
+  EXPECT_GT(max_relative_error(reference_logits(seeded), reference_logits(none)), 1e-2);
+}
+
+TEST(ReferenceQwen, VBiasAloneMatters) {
+  // Softmax weights sum to 1, so a v bias shifts every attention output by
+  // itself: it must reach the output too.
+  ModelWeights v_only = qwen_model(true, false);
+  ModelWeights zero = v_only;
+  for (size_t l = 0; l < v_only.layers.size(); ++l) {
+    std::fill(v_only.layers[l].bq.begin(), v_only.layers[l].bq.end(), 0.0F);
+    std::fill(v_only.layers[l].bk.begin(), v_only.layers[l].bk.end(), 0.0F);
+    zero.layers[l].bq = v_only.layers[l].bq;
+    zero.layers[l].bk = v_only.layers[l].bk;
+    std::fill(zero.layers[l].bv.begin(), zero.layers[l].bv.end(), 0.0F);
+  }
+  EXPECT_GT(max_relative_error(reference_logits(v_only), reference_logits(zero)), 1e-2);
+}
+
+TEST(ReferenceQwen, QkNormMakesAttentionBlindToTheScaleOfQAndK) {
+  // RMSNorm is scale-free, so under qk_norm scaling the q and k projections
+  // (and their biases, which come before the norm) changes nothing but eps's
+  // share; without qk_norm it multiplies every score by 25.
+  for (const bool bias : {false, true}) {
+    SCOPED_TRACE(fmt::format("qkv_bias {}", bias));
+    const ModelWeights normed = qwen_model(bias, true);
+    ModelWeights plain = normed;
+    plain.config.qk_norm = false;
+    for (LayerWeights& l : plain.layers) {
+      l.q_norm.clear();
+      l.k_norm.clear();
+    }
+    ModelWeights normed_scaled = normed;
+    ModelWeights plain_scaled = plain;
+    for (ModelWeights* w : {&normed_scaled, &plain_scaled}) {
+      for (LayerWeights& l : w->layers) {
+        scale(l.wq, 5.0F);
+        scale(l.wk, 5.0F);
+        scale(l.bq, 5.0F);
+        scale(l.bk, 5.0F);
+      }
+    }
+    EXPECT_LT(max_relative_error(reference_logits(normed_scaled), reference_logits(normed)), 1e-4);
+    EXPECT_GT(max_relative_error(reference_logits(plain_scaled), reference_logits(plain)), 1e-2);
+  }
+}
+
+TEST(ReferenceQwen, QAndKNormWeightsMultiplyTheScores) {
+  // A score is q . k: doubling q_norm and halving k_norm leaves it; doubling
+  // q_norm alone sharpens every softmax.
+  const ModelWeights base = qwen_model(false, true);
+  ModelWeights balanced = base;
+  ModelWeights sharper = base;
+  for (size_t l = 0; l < base.layers.size(); ++l) {
+    scale(balanced.layers[l].q_norm, 2.0F);
+    scale(balanced.layers[l].k_norm, 0.5F);
+    scale(sharper.layers[l].q_norm, 2.0F);
+  }
+  EXPECT_LT(max_relative_error(reference_logits(balanced), reference_logits(base)), 1e-5);
+  EXPECT_GT(max_relative_error(reference_logits(sharper), reference_logits(base)), 1e-2);
 }
 
 // ---------------------------------------------------------------------------

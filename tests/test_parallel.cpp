@@ -1,6 +1,7 @@
 // Multi-rank tests: every scheme and every (DP, TP, K) that fits the world
-// size against the unsharded forward pass, on stories260K and on random
-// models of other shapes; group construction; byte accounting.
+// size against the unsharded forward pass, on stories260K, on random models
+// of other shapes, and on random models with Qwen2's q/k/v biases and
+// Qwen3's q/k norms; group construction; byte accounting.
 //
 // Every rank runs the same sequence of collectives, so checks use EXPECT_*
 // (never an early return that would leave peers waiting).
@@ -8,10 +9,12 @@
 #include <mpi.h>
 
 #include <optional>
+#include <string>
 
 #include "flashcomm/context.hpp"
 #include "flashcomm/engine.hpp"
 #include "flashcomm/error.hpp"
+#include "flashcomm/kernels.hpp"
 #include "flashcomm/layout.hpp"
 #include "flashcomm/model.hpp"
 #include "test_support.hpp"
@@ -179,6 +182,89 @@ TEST(Parallel, RandomModelsEverySchemeMatchesUnsharded) {
   }
   if (ran == 0) {
     GTEST_SKIP() << "no random test model fits " << world_size() << " ranks";
+  }
+}
+
+// Runs every layout of `model` against the reference pass, logits for
+// logits: the prefill's last position, then `steps` decode steps fed the
+// reference's own greedy token (so every rank takes the same path).
+void check_prefill_and_decode_against_reference(const ModelWeights& model, int steps) {
+  const ModelConfig& m = model.config;
+  const std::vector<ParallelConfig> layouts = layouts_for(m);
+  ASSERT_FALSE(layouts.empty()) << "no layout of " << world_size() << " ranks fits the model";
+  ReferenceModel reference(model);
+  for (const ParallelConfig& c : layouts) {
+    ParallelContext ctx(MPI_COMM_WORLD, c);
+    Engine engine(model, ctx);
+    for (const std::vector<int>& prompt : prompts_for(m, c.tp_size, ctx.place().dp_rank)) {
+      const std::string where = fmt::format("{}, prompt of {}, qkv_bias {}, qk_norm {}",
+                                            describe(c), prompt.size(), m.qkv_bias, m.qk_norm);
+      std::vector<float> expected = reference.last_logits(prompt);
+      EXPECT_LT(max_relative_error(engine.prefill(prompt), expected), 1e-4) << where;
+      for (int step = 0; step < steps; ++step) {
+        const int next = kernels::argmax(expected.data(), m.vocab_size);
+        expected = reference.step(next);
+        EXPECT_LT(max_relative_error(engine.decode(next), expected), 1e-4)
+            << where << ", decode step " << step;
+      }
+    }
+  }
+}
+
+// Qwen2's q/k/v biases and Qwen3's q/k norms, alone and together, under
+// every scheme and every (DP, TP, K), replicated KV heads included.
+TEST(Parallel, QwenFeaturesEverySchemeMatchesTheReference) {
+  int ran = 0;
+  for (const ModelConfig& config : test::qwen_test_configs()) {
+    if (layouts_for(config).empty()) {
+      continue;
+    }
+    ++ran;
+    const ModelWeights model = random_weights(config, 4321);
+    check_prefill_and_decode_against_reference(model, 6);
+  }
+  if (ran == 0) {
+    GTEST_SKIP() << "no Qwen test model fits " << world_size() << " ranks";
+  }
+}
+
+// The biases and q/k norms are local work: every collective of a prefill and
+// a decode step carries the same bytes as without them.
+TEST(Parallel, QwenFeaturesSendTheSameBytes) {
+  int ran = 0;
+  for (const ModelConfig& config : test::qwen_test_configs()) {
+    ModelConfig plain_config = config;
+    plain_config.qkv_bias = false;
+    plain_config.qk_norm = false;
+    const ModelWeights qwen = random_weights(config, 5);
+    const ModelWeights plain = random_weights(plain_config, 5);
+    for (const ParallelConfig& c : layouts_for(config)) {
+      ++ran;
+      const std::vector<int> prompt(11, 4);
+      std::vector<std::vector<CommRecord>> records;
+      for (const ModelWeights* model : {&qwen, &plain}) {
+        ParallelContext ctx(MPI_COMM_WORLD, c);
+        Engine engine(*model, ctx);
+        engine.prefill(prompt);
+        engine.decode(3);
+        records.push_back(ctx.stats().records(Pass::prefill));
+        records.push_back(ctx.stats().records(Pass::decode));
+      }
+      for (size_t pass = 0; pass < 2; ++pass) {
+        const std::vector<CommRecord>& a = records[pass];
+        const std::vector<CommRecord>& b = records[pass + 2];
+        ASSERT_EQ(a.size(), b.size()) << describe(c);
+        for (size_t i = 0; i < a.size(); ++i) {
+          EXPECT_EQ(a[i].op, b[i].op) << describe(c);
+          EXPECT_EQ(a[i].group, b[i].group) << describe(c);
+          EXPECT_EQ(a[i].bytes_sent, b[i].bytes_sent) << describe(c) << ", " << a[i].group;
+          EXPECT_EQ(a[i].calls, b[i].calls) << describe(c) << ", " << a[i].group;
+        }
+      }
+    }
+  }
+  if (ran == 0) {
+    GTEST_SKIP() << "no Qwen test model fits " << world_size() << " ranks";
   }
 }
 

@@ -11,7 +11,8 @@
 //   GEMMs and attention: max(flops / gemm_flops, bytes / memory_bandwidth)
 //     (a roofline: with few tokens a GEMM only streams its weights),
 //   memory-bound steps (norms, residual adds, SiLU, RoPE, KV cache appends,
-//     FlashComm2's reorder and concatenation copies): bytes / memory_bandwidth,
+//     Qwen2's q/k/v bias add, Qwen3's per-head q/k norm, FlashComm2's reorder
+//     and concatenation copies): bytes / memory_bandwidth,
 //   a collective: latency + bytes_sent / bandwidth, from the profile's fit for
 //     its op and group size, with bytes_sent exactly comm.hpp's bytes_sent.
 // Elements (activations and weights alike) are activation_bytes wide.

@@ -19,6 +19,9 @@ namespace flashcomm {
 struct ShardedLayer {
   std::vector<float> attn_norm;  // [d_model]
   std::vector<float> w_qkv;  // [q_local + 2*kv_local, d_model]: this rank's q, k, v rows
+  std::vector<float> b_qkv;  // [q_local + 2*kv_local]: the biases of those rows (qkv_bias)
+  std::vector<float> q_norm;  // [head_dim], replicated (qk_norm)
+  std::vector<float> k_norm;  // [head_dim], replicated (qk_norm)
   std::vector<float> wo;  // [d_model, wo_cols]: o_proj columns of this rank (see below)
   std::vector<float> ffn_norm;  // [d_model]
   std::vector<float> w_gate_up;  // [2*hidden_local, d_model]: gate rows, then up rows

@@ -19,6 +19,16 @@ void rmsnorm(const float* x, const float* weight, float* y, int n_rows, int dim,
 // x[n_rows, dim] += y[n_rows, dim]
 void add_inplace(float* x, const float* y, int n_rows, int dim);
 
+// x[n_rows, dim] += bias[dim] on every row; x's rows are ldx apart, so x may
+// be a column block of a wider matrix (the fused QKV output).
+void add_bias(float* x, int ldx, const float* bias, int n_rows, int dim);
+
+// In place on x[n_rows, n_heads*head_dim] (row stride ldx): each head's
+// head_dim values become x / rms(x) * weight[head_dim], rms including eps,
+// one weight shared by every head (Qwen3's q/k norm).
+void head_rmsnorm(float* x, int ldx, const float* weight, int n_rows, int n_heads, int head_dim,
+                  float eps);
+
 // Rotary embedding in place on x[n_rows, n_heads*head_dim] (row stride ldx):
 // row r is at position pos0 + r; pairs (2i, 2i+1) of each head rotate by
 // pos * theta^(-2i/head_dim), as llama2.c does.
@@ -46,6 +56,9 @@ namespace reference {
 void matmul_wt(const float* x, int ldx, const float* w, int ldw, float* y, int ldy, int n_rows,
                int n_in, int n_out);
 void rmsnorm(const float* x, const float* weight, float* y, int n_rows, int dim, float eps);
+void add_bias(float* x, int ldx, const float* bias, int n_rows, int dim);
+void head_rmsnorm(float* x, int ldx, const float* weight, int n_rows, int n_heads, int head_dim,
+                  float eps);
 void rope(float* x, int ldx, int n_rows, int n_heads, int head_dim, int pos0, float theta);
 void attention(const float* q, int ldq, const float* k, const float* v, int ldkv, float* out,
                int ldo, int n_q, int pos0, int n_heads, int n_kv_heads, int head_dim);

@@ -80,6 +80,12 @@ struct ModelWeights {
   }
 };
 
+// Throws FormatError naming the tensor when the weights do not match their
+// config (check_config first): a tensor of the wrong size, a bias or q/k norm
+// present that the flags leave out (or missing that they ask for), a wrong
+// number of layers. Loaders call it before handing weights out.
+void check_weights(const ModelWeights& weights, const std::string& source);
+
 // llama2.c checkpoints, legacy layout (version 0) and version 1 (magic "ak42"),
 // float32. The format is recognised from the file's first bytes.
 ModelConfig read_llama2c_config(const std::string& path);

@@ -68,7 +68,8 @@ class WeightSource {
 // A view of a model in memory (which must outlive the source).
 class MemorySource final : public WeightSource {
  public:
-  explicit MemorySource(const ModelWeights& weights) : w_(weights) {}
+  // Throws FormatError (check_weights) when the weights do not match their config.
+  explicit MemorySource(const ModelWeights& weights);
   const ModelConfig& config() const override { return w_.config; }
 
  protected:
@@ -81,8 +82,8 @@ class MemorySource final : public WeightSource {
 
 // Seeded random weights: each element is a hash of (seed, tensor, layer,
 // index), so any block is computed on its own and every rank agrees.
-// Matrices are uniform in +-1/sqrt(in), norm weights in [0.8, 1.2], the
-// embedding in [-1, 1].
+// Matrices are uniform in +-1/sqrt(in), norm weights (q/k norms included) in
+// [0.8, 1.2], the q/k/v biases in [-0.5, 0.5], the embedding in [-1, 1].
 class RandomSource final : public WeightSource {
  public:
   RandomSource(const ModelConfig& config, std::uint64_t seed);

@@ -165,7 +165,8 @@ void Engine::run_layers(std::vector<float>& x, const Plan& plan) {
 // Attention block of layer l, on the resident rows x:
 // 1. RMSNorm.
 // 2. FlashComm1: AllGather the slices over TP, drop the padding.
-// 3. QKV projection (one GEMM), RoPE, append K and V to the cache.
+// 3. QKV projection (one GEMM), its bias (Qwen2), the per-head q/k RMSNorm
+//    (Qwen3), RoPE, append K and V to the cache.
 // 4. Causal attention over this rank's heads.
 // 5. o_proj with its collectives, by scheme.
 // 6. Residual add.
@@ -196,13 +197,23 @@ void Engine::attention_block(int layer, std::vector<float>& x, const Plan& plan)
     h = gather_tokens(tp, h, plan.n_slice, n, d);
   }
 
-  // 3. qkv [n, q_local | kv_local | kv_local], rope, cache
+  // 3. qkv [n, q_local | kv_local | kv_local], bias, q/k norm, rope, cache
   Buffer qkv(sz(n, qkv_cols));
   Buffer& kc = k_cache_[static_cast<size_t>(layer)];
   Buffer& vc = v_cache_[static_cast<size_t>(layer)];
   {
     PhaseTimer timer(t, Phase::qkv_proj);
     kernels::matmul_wt(h.data(), d, lw.w_qkv.data(), d, qkv.data(), qkv_cols, n, d, qkv_cols);
+    if (c.qkv_bias) {
+      kernels::add_bias(qkv.data(), qkv_cols, lw.b_qkv.data(), n, qkv_cols);
+    }
+    if (c.qk_norm) {
+      // Per head, before RoPE: a head's norm is the same whichever rank holds it.
+      kernels::head_rmsnorm(qkv.data(), qkv_cols, lw.q_norm.data(), n, w_.heads.n_q_heads, hd,
+                            c.norm_eps);
+      kernels::head_rmsnorm(qkv.data() + q_local, qkv_cols, lw.k_norm.data(), n,
+                            w_.heads.n_kv_heads, hd, c.norm_eps);
+    }
     kernels::rope(qkv.data(), qkv_cols, n, w_.heads.n_q_heads, hd, pos0, c.rope_theta);
     kernels::rope(qkv.data() + q_local, qkv_cols, n, w_.heads.n_kv_heads, hd, pos0, c.rope_theta);
     for (int r = 0; r < n; ++r) {

@@ -1,6 +1,7 @@
 // The unsharded reference forward pass: one token at a time through the
-// plain reference kernels, as llama2.c computes it. Every scheme is tested
-// against this.
+// plain reference kernels, as llama2.c computes it, plus Qwen2's q/k/v biases
+// and Qwen3's per-head q/k RMSNorm (before RoPE) when the config has them.
+// Every scheme is tested against this.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -30,6 +31,7 @@ double max_relative_error(const std::vector<float>& got, const std::vector<float
 }
 
 ReferenceModel::ReferenceModel(const ModelWeights& weights) : w_(weights) {
+  check_weights(w_, "reference model");
   const ModelConfig& c = w_.config;
   const size_t cache = static_cast<size_t>(c.seq_len) * c.kv_dim();
   k_cache_.assign(static_cast<size_t>(c.n_layers), std::vector<float>(cache, 0.0F));
@@ -71,6 +73,16 @@ std::vector<float> ReferenceModel::step(int token) {
     ref::matmul_wt(h.data(), d, lw.wq.data(), d, q.data(), c.q_dim(), 1, d, c.q_dim());
     ref::matmul_wt(h.data(), d, lw.wk.data(), d, k, c.kv_dim(), 1, d, c.kv_dim());
     ref::matmul_wt(h.data(), d, lw.wv.data(), d, v, c.kv_dim(), 1, d, c.kv_dim());
+    if (c.qkv_bias) {
+      ref::add_bias(q.data(), c.q_dim(), lw.bq.data(), 1, c.q_dim());
+      ref::add_bias(k, c.kv_dim(), lw.bk.data(), 1, c.kv_dim());
+      ref::add_bias(v, c.kv_dim(), lw.bv.data(), 1, c.kv_dim());
+    }
+    if (c.qk_norm) {
+      ref::head_rmsnorm(q.data(), c.q_dim(), lw.q_norm.data(), 1, c.n_heads, c.head_dim,
+                        c.norm_eps);
+      ref::head_rmsnorm(k, c.kv_dim(), lw.k_norm.data(), 1, c.n_kv_heads, c.head_dim, c.norm_eps);
+    }
     ref::rope(q.data(), c.q_dim(), 1, c.n_heads, c.head_dim, pos, c.rope_theta);
     ref::rope(k, c.kv_dim(), 1, c.n_kv_heads, c.head_dim, pos, c.rope_theta);
     ref::attention(q.data(), c.q_dim(), k_cache_[static_cast<size_t>(l)].data(),

@@ -1,7 +1,8 @@
 // Cutting one rank's shard out of a weight source.
 //
 // QKV and gate/up are fused into one matrix each so that each projection is
-// one GEMM; o_proj and down are column blocks (their inputs are sharded).
+// one GEMM (the q/k/v biases into one vector beside it); o_proj and down are
+// column blocks (their inputs are sharded).
 #include <algorithm>
 
 #include "flashcomm/engine.hpp"
@@ -55,6 +56,17 @@ ShardedWeights shard_weights(const WeightSource& source, const ParallelConfig& c
     sl.w_qkv = source.rows(Tensor::wq, l, s.heads.q_head0 * hd, q_local);
     append(sl.w_qkv, source.rows(Tensor::wk, l, kv_row0, kv_rows));
     append(sl.w_qkv, source.rows(Tensor::wv, l, kv_row0, kv_rows));
+    if (c.qkv_bias) {
+      // The same q, k and v rows as w_qkv: a replicated KV head brings its bias along.
+      sl.b_qkv = source.columns(Tensor::bq, l, s.heads.q_head0 * hd, q_local);
+      append(sl.b_qkv, source.columns(Tensor::bk, l, kv_row0, kv_rows));
+      append(sl.b_qkv, source.columns(Tensor::bv, l, kv_row0, kv_rows));
+    }
+    if (c.qk_norm) {
+      // One head_dim weight shared by every head, so every rank holds it whole.
+      sl.q_norm = source.rows(Tensor::q_norm, l, 0, 1);
+      sl.k_norm = source.rows(Tensor::k_norm, l, 0, 1);
+    }
     sl.wo = source.columns(Tensor::wo, l, wo_col0, s.wo_cols);
     sl.w_gate_up = source.rows(Tensor::w_gate, l, h0, s.hidden_local);
     append(sl.w_gate_up, source.rows(Tensor::w_up, l, h0, s.hidden_local));

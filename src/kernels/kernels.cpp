@@ -36,6 +36,22 @@ void sgemm_checked(CBLAS_TRANSPOSE trans_b, int m, int n, int k, float alpha, co
   cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b, m, n, k, alpha, a, lda, b, ldb, 0.0f, c, ldc);
 }
 
+// y[dim] = x / rms(x) * weight; y may alias x.
+void rmsnorm_row(const float* x, const float* weight, float* y, int dim, float eps) {
+  // Float accumulation as llama2.c does, so logits match its run.c.
+  float ss = 0.0f;
+  for (int j = 0; j < dim; ++j) {
+    ss += x[j] * x[j];
+  }
+  ss = ss / static_cast<float>(dim) + eps;
+  const float inv = 1.0f / std::sqrt(ss);
+
+  // Each x[j] is read before y[j] is written, so y may alias x.
+  for (int j = 0; j < dim; ++j) {
+    y[j] = weight[j] * (x[j] * inv);
+  }
+}
+
 }  // namespace
 
 void matmul_wt(const float* x, int ldx, const float* w, int ldw, float* y, int ldy, int n_rows,
@@ -63,21 +79,7 @@ void rmsnorm(const float* x, const float* weight, float* y, int n_rows, int dim,
     return;
   }
   for (int r = 0; r < n_rows; ++r) {
-    const float* xr = x + at(r, dim);
-    float* yr = y + at(r, dim);
-
-    // Float accumulation as llama2.c does, so logits match its run.c.
-    float ss = 0.0f;
-    for (int j = 0; j < dim; ++j) {
-      ss += xr[j] * xr[j];
-    }
-    ss = ss / static_cast<float>(dim) + eps;
-    const float inv = 1.0f / std::sqrt(ss);
-
-    // Each x[j] is read before y[j] is written, so y may alias x.
-    for (int j = 0; j < dim; ++j) {
-      yr[j] = weight[j] * (xr[j] * inv);
-    }
+    rmsnorm_row(x + at(r, dim), weight, y + at(r, dim), dim, eps);
   }
 }
 
@@ -86,6 +88,29 @@ void add_inplace(float* x, const float* y, int n_rows, int dim) {
   const std::size_t n = at(n_rows, dim);
   for (std::size_t i = 0; i < n; ++i) {
     x[i] += y[i];
+  }
+}
+
+void add_bias(float* x, int ldx, const float* bias, int n_rows, int dim) {
+  FC_ASSERT(n_rows >= 0 && dim >= 0 && ldx >= dim, "n_rows={} dim={} ldx={}", n_rows, dim, ldx);
+  for (int r = 0; r < n_rows; ++r) {
+    float* xr = x + at(r, ldx);
+    for (int j = 0; j < dim; ++j) {
+      xr[j] += bias[j];
+    }
+  }
+}
+
+void head_rmsnorm(float* x, int ldx, const float* weight, int n_rows, int n_heads, int head_dim,
+                  float eps) {
+  FC_ASSERT(n_rows >= 0 && n_heads >= 0 && head_dim > 0, "n_rows={} n_heads={} head_dim={}", n_rows,
+            n_heads, head_dim);
+  FC_ASSERT(ldx >= n_heads * head_dim, "ldx={} n_heads={} head_dim={}", ldx, n_heads, head_dim);
+  for (int r = 0; r < n_rows; ++r) {
+    for (int h = 0; h < n_heads; ++h) {
+      float* xh = x + at(r, ldx) + at(h, head_dim);
+      rmsnorm_row(xh, weight, xh, head_dim, eps);
+    }
   }
 }
 

@@ -57,6 +57,29 @@ void rmsnorm(const float* x, const float* weight, float* y, int n_rows, int dim,
   }
 }
 
+void add_bias(float* x, int ldx, const float* bias, int n_rows, int dim) {
+  FC_ASSERT(n_rows >= 0 && dim >= 0 && ldx >= dim, "n_rows={} dim={} ldx={}", n_rows, dim, ldx);
+  for (int r = 0; r < n_rows; ++r) {
+    for (int j = 0; j < dim; ++j) {
+      x[at(r, ldx) + j] += bias[j];
+    }
+  }
+}
+
+void head_rmsnorm(float* x, int ldx, const float* weight, int n_rows, int n_heads, int head_dim,
+                  float eps) {
+  FC_ASSERT(n_rows >= 0 && n_heads >= 0 && head_dim > 0, "n_rows={} n_heads={} head_dim={}", n_rows,
+            n_heads, head_dim);
+  FC_ASSERT(ldx >= n_heads * head_dim, "ldx={} n_heads={} head_dim={}", ldx, n_heads, head_dim);
+  for (int r = 0; r < n_rows; ++r) {
+    for (int h = 0; h < n_heads; ++h) {
+      // A head is one contiguous row of head_dim values: the plain RMSNorm of it.
+      float* xh = x + at(r, ldx) + at(h, head_dim);
+      rmsnorm(xh, weight, xh, 1, head_dim, eps);
+    }
+  }
+}
+
 void rope(float* x, int ldx, int n_rows, int n_heads, int head_dim, int pos0, float theta) {
   FC_ASSERT(n_rows >= 0 && n_heads >= 0 && pos0 >= 0, "n_rows={} n_heads={} pos0={}", n_rows,
             n_heads, pos0);

@@ -39,7 +39,9 @@ std::int64_t parameter_count(const ModelConfig& c) {
   const std::int64_t kv_dim = std::int64_t{c.n_kv_heads} * c.head_dim;
   const std::int64_t per_layer = 2 * d  // attention and ffn norms
                                  + q_dim * d + 2 * kv_dim * d + d * q_dim  // wq wk wv wo
-                                 + 3 * std::int64_t{c.hidden_dim} * d;  // gate up down
+                                 + 3 * std::int64_t{c.hidden_dim} * d  // gate up down
+                                 + (c.qkv_bias ? q_dim + 2 * kv_dim : 0)  // bq bk bv
+                                 + (c.qk_norm ? 2 * std::int64_t{c.head_dim} : 0);  // q/k norms
   const std::int64_t embedding = std::int64_t{c.vocab_size} * d;
   return embedding + std::int64_t{c.n_layers} * per_layer + d +
          (c.shared_classifier ? 0 : embedding);

@@ -347,6 +347,13 @@ void check_savable(const ModelWeights& weights, const std::string& path, int ver
   } catch (const FormatError& e) {
     throw ConfigError(e.what());
   }
+  // The format has no place for Qwen's extra tensors.
+  if (c.qkv_bias || c.qk_norm) {
+    throw ConfigError(fmt::format(
+        "{}: llama2.c checkpoints hold no q/k/v biases or q/k norms, got a model with qkv_bias {} "
+        "and qk_norm {} (expected both false)",
+        path, c.qkv_bias, c.qk_norm));
+  }
   // llama2.c stores no head_dim; a reader derives it as dim / n_heads.
   if (c.head_dim * c.n_heads != c.d_model) {
     throw ConfigError(fmt::format(

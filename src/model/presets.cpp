@@ -60,8 +60,9 @@ ModelConfig llama_3_70b() {
 // num_hidden_layers 64, num_attention_heads 64, num_key_value_heads 8,
 // head_dim 128 (so q_dim = 8192 differs from d_model), vocab_size 151936,
 // max_position_embeddings 40960, rope_theta 1000000, rms_norm_eps 1e-6,
-// tie_word_embeddings false. (Qwen3's per-head q/k RMSNorm has no effect on
-// any shape or collective and is left out.)
+// tie_word_embeddings false. Qwen3 normalises each head of q and k
+// (q_norm, k_norm in its attention) before RoPE: qk_norm. Its projections
+// have no bias (attention_bias false).
 ModelConfig qwen3_32b() {
   ModelConfig c;
   c.d_model = 5120;
@@ -75,6 +76,29 @@ ModelConfig qwen3_32b() {
   c.shared_classifier = false;
   c.rope_theta = 1000000.0F;
   c.norm_eps = 1e-6F;
+  c.qk_norm = true;
+  return c;
+}
+
+// Qwen/Qwen2-7B-Instruct, config.json: hidden_size 3584, intermediate_size
+// 18944, num_hidden_layers 28, num_attention_heads 28, num_key_value_heads 4
+// (head_dim 3584/28 = 128), vocab_size 152064, max_position_embeddings 32768,
+// rope_theta 1000000, rms_norm_eps 1e-6, tie_word_embeddings false. Qwen2's
+// q, k and v projections carry a bias (o_proj does not): qkv_bias.
+ModelConfig qwen2_7b() {
+  ModelConfig c;
+  c.d_model = 3584;
+  c.hidden_dim = 18944;
+  c.n_layers = 28;
+  c.n_heads = 28;
+  c.n_kv_heads = 4;
+  c.head_dim = 128;
+  c.vocab_size = 152064;
+  c.seq_len = 32768;
+  c.shared_classifier = false;
+  c.rope_theta = 1000000.0F;
+  c.norm_eps = 1e-6F;
+  c.qkv_bias = true;
   return c;
 }
 
@@ -131,8 +155,11 @@ using PresetTable = std::vector<std::pair<std::string, std::function<ModelConfig
 
 const PresetTable& presets() {
   static const PresetTable table = {
-      {"llama-3-8b", llama_3_8b},   {"llama-3-70b", llama_3_70b},
-      {"qwen3-32b", qwen3_32b},     {"deepseek-v3-attn", deepseek_v3_attn},
+      {"llama-3-8b", llama_3_8b},
+      {"llama-3-70b", llama_3_70b},
+      {"qwen2-7b", qwen2_7b},
+      {"qwen3-32b", qwen3_32b},
+      {"deepseek-v3-attn", deepseek_v3_attn},
       {"stories260K", stories260k},
   };
   return table;
@@ -179,6 +206,11 @@ std::optional<ModelConfig> named_model(const std::string& name) {
       {"n_kv_heads", &ModelConfig::n_kv_heads}, {"head_dim", &ModelConfig::head_dim},
       {"vocab_size", &ModelConfig::vocab_size}, {"seq_len", &ModelConfig::seq_len},
   };
+  // Architecture flags, 0 or 1: Qwen2's q/k/v biases, Qwen3's q/k norms.
+  const std::pair<const char*, bool ModelConfig::*> flags[] = {
+      {"qkv_bias", &ModelConfig::qkv_bias},
+      {"qk_norm", &ModelConfig::qk_norm},
+  };
   std::string rest = name.substr(prefix.size());
   while (!rest.empty()) {
     const size_t comma = rest.find(',');
@@ -193,10 +225,23 @@ std::optional<ModelConfig> named_model(const std::string& name) {
         field = f;
       }
     }
+    bool ModelConfig::*flag = nullptr;
+    for (const auto& [k, f] : flags) {
+      if (key == k) {
+        flag = f;
+      }
+    }
+    if (flag != nullptr) {
+      if (value != "0" && value != "1") {
+        throw ConfigError(fmt::format("{}: {}={} is not 0 or 1", name, key, value));
+      }
+      c.*flag = value == "1";
+      continue;
+    }
     if (field == nullptr) {
       throw ConfigError(fmt::format(
           "{}: '{}' is not one of d_model, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, "
-          "vocab_size, seq_len",
+          "vocab_size, seq_len, qkv_bias, qk_norm",
           name, key));
     }
     size_t used = 0;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "flashcomm/error.hpp"
 
@@ -29,6 +30,11 @@ constexpr LayerField kLayerFields[] = {
     {Tensor::w_gate, &LayerWeights::w_gate},
     {Tensor::w_down, &LayerWeights::w_down},
     {Tensor::w_up, &LayerWeights::w_up},
+    {Tensor::bq, &LayerWeights::bq},
+    {Tensor::bk, &LayerWeights::bk},
+    {Tensor::bv, &LayerWeights::bv},
+    {Tensor::q_norm, &LayerWeights::q_norm},
+    {Tensor::k_norm, &LayerWeights::k_norm},
 };
 
 const std::vector<float>& tensor_of(const ModelWeights& w, Tensor t, int layer) {
@@ -181,10 +187,19 @@ std::vector<float> WeightSource::columns(Tensor tensor, int layer, int col0, int
   return out;
 }
 
+MemorySource::MemorySource(const ModelWeights& weights) : w_(weights) {
+  check_weights(w_, "weights in memory");
+}
+
 void MemorySource::do_read_block(Tensor tensor, int layer, int row0, int n_rows, int col0,
                                  int n_cols, float* out) const {
   const std::vector<float>& m = tensor_of(w_, tensor, layer);
-  const size_t cols = static_cast<size_t>(tensor_shape(w_.config, tensor).cols);
+  const TensorShape shape = tensor_shape(w_.config, tensor);
+  const size_t cols = static_cast<size_t>(shape.cols);
+  // check_weights at construction makes this hold; a later change to the
+  // weights must not turn into a read past the end.
+  FC_ASSERT(m.size() == static_cast<size_t>(shape.rows) * cols, "{} of layer {} holds {} floats",
+            to_string(tensor), layer, m.size());
   for (int r = 0; r < n_rows; ++r) {
     const float* src = m.data() + static_cast<size_t>(row0 + r) * cols + col0;
     std::copy_n(src, n_cols, out + static_cast<size_t>(r) * static_cast<size_t>(n_cols));
@@ -201,10 +216,16 @@ void RandomSource::do_read_block(Tensor tensor, int layer, int row0, int n_rows,
   const TensorShape s = tensor_shape(config_, tensor);
   double lo = -1.0;
   double hi = 1.0;
-  if (tensor == Tensor::attn_norm || tensor == Tensor::ffn_norm || tensor == Tensor::final_norm) {
+  if (tensor == Tensor::attn_norm || tensor == Tensor::ffn_norm || tensor == Tensor::final_norm ||
+      tensor == Tensor::q_norm || tensor == Tensor::k_norm) {
     // Near 1, different enough from 1 that a missing multiply shows.
     lo = 0.8;
     hi = 1.2;
+  } else if (tensor == Tensor::bq || tensor == Tensor::bk || tensor == Tensor::bv) {
+    // Below the projections' own outputs (about 0.6 in size at unit-rms
+    // inputs), large enough that a missing or misplaced bias shows.
+    lo = -0.5;
+    hi = 0.5;
   } else if (tensor != Tensor::token_embedding) {
     // Like a default linear-layer init, so activations keep unit size.
     hi = 1.0 / std::sqrt(static_cast<double>(s.cols));
@@ -234,8 +255,10 @@ ModelWeights materialize(const WeightSource& source) {
   w.layers.resize(static_cast<size_t>(c.n_layers));
   for (int l = 0; l < c.n_layers; ++l) {
     for (const LayerField& f : kLayerFields) {
-      w.layers[static_cast<size_t>(l)].*f.member =
-          source.rows(f.tensor, l, 0, tensor_shape(c, f.tensor).rows);
+      if (has_tensor(c, f.tensor)) {
+        w.layers[static_cast<size_t>(l)].*f.member =
+            source.rows(f.tensor, l, 0, tensor_shape(c, f.tensor).rows);
+      }
     }
   }
   w.final_norm = source.rows(Tensor::final_norm, 0, 0, 1);
@@ -243,6 +266,35 @@ ModelWeights materialize(const WeightSource& source) {
     w.classifier = source.rows(Tensor::classifier, 0, 0, c.vocab_size);
   }
   return w;
+}
+
+void check_weights(const ModelWeights& w, const std::string& source) {
+  const ModelConfig& c = w.config;
+  check_config(c, source);
+  const auto check = [&](const std::vector<float>& v, Tensor t, const std::string& name) {
+    const TensorShape shape = tensor_shape(c, t);
+    const size_t want =
+        has_tensor(c, t) ? static_cast<size_t>(shape.rows) * static_cast<size_t>(shape.cols) : 0;
+    if (v.size() != want) {
+      throw FormatError(
+          fmt::format("{}: {} holds {} floats, expected {} ([{}, {}]{}; qkv_bias {}, qk_norm {})",
+                      source, name, v.size(), want, shape.rows, shape.cols,
+                      has_tensor(c, t) ? "" : ", absent", c.qkv_bias, c.qk_norm));
+    }
+  };
+  check(w.token_embedding, Tensor::token_embedding, "token_embedding");
+  check(w.final_norm, Tensor::final_norm, "final_norm");
+  check(w.classifier, Tensor::classifier, "classifier");
+  if (w.layers.size() != static_cast<size_t>(c.n_layers)) {
+    throw FormatError(fmt::format("{}: {} layers of weights, expected n_layers {}", source,
+                                  w.layers.size(), c.n_layers));
+  }
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (const LayerField& f : kLayerFields) {
+      check(w.layers[static_cast<size_t>(l)].*f.member, f.tensor,
+            fmt::format("layers[{}].{}", l, to_string(f.tensor)));
+    }
+  }
 }
 
 ModelWeights random_weights(const ModelConfig& config, std::uint64_t seed) {

@@ -293,9 +293,19 @@ LayerCost predict_layer(const ModelConfig& model, const ParallelConfig& parallel
     b.collective(Phase::attn_gather, CommOp::all_gather, "tp", s.tp, s.n_padded * s.d, x.tp);
   }
 
-  // 3. QKV GEMM; RoPE rewrites the q and k columns; K and V rows are copied
-  // into the cache.
-  b.gemm(Phase::qkv_proj, s.n, s.d, s.q_local + 2 * s.kv_local);
+  // 3. QKV GEMM; Qwen2's bias add reads and writes every q, k, v column and
+  // reads the bias; Qwen3's per-head norm reads and writes the q and k
+  // columns and reads its two head_dim weights; RoPE rewrites the q and k
+  // columns; K and V rows are copied into the cache.
+  const std::int64_t qkv_cols = s.q_local + 2 * s.kv_local;
+  b.gemm(Phase::qkv_proj, s.n, s.d, qkv_cols);
+  if (model.qkv_bias) {
+    b.memory(Phase::qkv_proj, 2 * s.n * qkv_cols + qkv_cols);
+  }
+  if (model.qk_norm) {
+    b.memory(Phase::qkv_proj,
+             2 * s.n * (s.q_local + s.kv_local) + 2 * std::int64_t{model.head_dim});
+  }
   b.memory(Phase::qkv_proj, 2 * s.n * (s.q_local + s.kv_local) + s.n * s.kv_local * 4);
 
   // 4. Causal attention from position 0. Two kernels are modelled:

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
+#include <utility>
 
 #include <sys/wait.h>
 
@@ -97,6 +98,20 @@ std::vector<ModelConfig> random_test_configs() {
   b.vocab_size = 61;
   b.rope_theta = 500000.0F;
   return {a, b};
+}
+
+std::vector<ModelConfig> qwen_test_configs() {
+  const std::pair<bool, bool> variants[] = {{true, false}, {false, true}, {true, true}};
+  std::vector<ModelConfig> out;
+  for (const ModelConfig& base : random_test_configs()) {
+    for (const auto& [bias, norm] : variants) {
+      ModelConfig c = base;
+      c.qkv_bias = bias;
+      c.qk_norm = norm;
+      out.push_back(c);
+    }
+  }
+  return out;
 }
 
 TempDir::TempDir(const std::string& tag) {

@@ -45,6 +45,10 @@ std::string flashcomm(const std::string& args);
 //   [1] n_heads 8, n_kv_heads 1 (multi-query), head_dim 4, d_model 48: TP 1, 2, 4, 8
 std::vector<ModelConfig> random_test_configs();
 
+// Each of random_test_configs() with Qwen's attention features: with
+// qkv_bias, with qk_norm, and with both (in that order, shape by shape).
+std::vector<ModelConfig> qwen_test_configs();
+
 // A fresh temporary directory, removed with everything in it when the
 // object goes away.
 class TempDir {
