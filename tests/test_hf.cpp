@@ -4,6 +4,7 @@
 // logits of an independent forward pass written with HF's own conventions
 // (rotate-half RoPE) on the file's raw tensors; sharded checkpoints; per-rank
 // slicing; every refusal of a bad checkpoint, naming the tensor or file.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,7 +13,9 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -441,8 +444,13 @@ TEST(HfCheckpoint, QwenStyleBfloat16CheckpointsMatchHfsDefinition) {
 // --- per-rank reads ---------------------------------------------------------------
 
 TEST(HfSource, EachRanksShardEqualsTheInMemoryShard) {
+  // Qwen2 with 2 KV heads of 8 and an MLP of 64 at TP 4: KV heads replicated.
+  ModelConfig q2 = qwen2_config();
+  q2.n_heads = 8;
+  q2.d_model = 64;
   for (const auto& [type, model] :
        {std::pair{"llama", stories()},
+        std::pair{"qwen2", rounded(random_model(q2, 4), DType::bf16)},
         std::pair{"qwen3", rounded(random_model(qwen3_config(), 3), DType::bf16)}}) {
     SCOPED_TRACE(type);
     const test::TempDir dir("hfrank");
@@ -450,26 +458,47 @@ TEST(HfSource, EachRanksShardEqualsTheInMemoryShard) {
     const HfSource source(dir.path());
     const ModelWeights expected = read_all(source);
     const MemorySource memory(expected);
-    for (int tp : {1, 2}) {
+    int layouts = 0;
+    for (int tp : {1, 2, 4}) {
       for (int k = 0; k < tp; ++k) {
         ParallelConfig pc;
         pc.tp_size = tp;
         pc.flashcomm2 = k;
+        if (k > 0 && tp % k != 0) {
+          continue;
+        }
+        try {
+          check_parallel_config(source.config(), pc, tp);
+        } catch (const ConfigError&) {
+          continue;
+        }
+        ++layouts;
         for (int rank = 0; rank < tp; ++rank) {
+          SCOPED_TRACE(fmt::format("tp {} K {} rank {}", tp, k, rank));
           const RankPlace place = place_of(pc, rank);
           const ShardedWeights a = shard_weights(source, pc, place, true);
           const ShardedWeights b = shard_weights(memory, pc, place, true);
           ASSERT_EQ(a.layers.size(), b.layers.size());
           for (size_t l = 0; l < a.layers.size(); ++l) {
-            EXPECT_EQ(a.layers[l].w_qkv, b.layers[l].w_qkv) << "tp " << tp << " rank " << rank;
-            EXPECT_EQ(a.layers[l].wo, b.layers[l].wo) << "tp " << tp << " rank " << rank;
-            EXPECT_EQ(a.layers[l].w_gate_up, b.layers[l].w_gate_up);
-            EXPECT_EQ(a.layers[l].w_down, b.layers[l].w_down);
+            const ShardedLayer& x = a.layers[l];
+            const ShardedLayer& y = b.layers[l];
+            EXPECT_EQ(x.attn_norm, y.attn_norm);
+            EXPECT_EQ(x.w_qkv, y.w_qkv);
+            EXPECT_EQ(x.b_qkv, y.b_qkv);
+            EXPECT_EQ(x.q_norm, y.q_norm);
+            EXPECT_EQ(x.k_norm, y.k_norm);
+            EXPECT_EQ(x.wo, y.wo);
+            EXPECT_EQ(x.ffn_norm, y.ffn_norm);
+            EXPECT_EQ(x.w_gate_up, y.w_gate_up);
+            EXPECT_EQ(x.w_down, y.w_down);
           }
           EXPECT_EQ(a.token_embedding, b.token_embedding);
+          EXPECT_EQ(a.final_norm, b.final_norm);
+          EXPECT_EQ(a.classifier, b.classifier);
         }
       }
     }
+    EXPECT_GE(layouts, 4) << "TP 1 and 2 at least, with FlashComm2 K=1";
   }
 }
 
