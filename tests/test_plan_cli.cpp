@@ -108,7 +108,7 @@ TEST(PlanCli, BadInputsAreRefusedWithAClearMessage) {
   expect_refused(
       "plan --model llama-9 --hardware h100-sxm --tp 8 --tokens 16", 2,
       "--model llama-9 is neither a preset (llama-3-8b, llama-3-70b, qwen2-7b, qwen3-32b, "
-      "deepseek-v3-attn, stories260K), a shape:... nor a file");
+      "deepseek-v3-attn, stories260K), a shape:... nor a checkpoint file or directory");
   expect_refused("plan --model llama-3-8b --hardware tpu-v9 --tp 8 --tokens 16", 2,
                  "unknown hardware profile 'tpu-v9': not a built-in profile (ascend-910b, "
                  "h100-sxm, h200-sxm, a100-sxm, l40-pcie, ib-cluster) and no such JSON file");

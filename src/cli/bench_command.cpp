@@ -22,6 +22,7 @@
 #include "cli/run_command.hpp"
 #include "flashcomm/bench.hpp"
 #include "flashcomm/calibrate.hpp"
+#include "flashcomm/checkpoint.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/log.hpp"
 #include "flashcomm/presets.hpp"
@@ -131,10 +132,13 @@ void check_memory(const BenchCommandOptions& o, const ModelConfig& c, bool from_
   const double machine =
       static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
   const int ranks = o.tp.back();
-  // A checkpoint is read whole by every rank.
-  const double file_bytes = from_file ? static_cast<double>(ranks) *
-                                            static_cast<double>(std::filesystem::file_size(o.model))
-                                      : 0.0;
+  // A llama2.c checkpoint is read whole by every rank; an HF one is mapped,
+  // each rank reading only its shard.
+  const bool whole_file = from_file && checkpoint_format(o.model) == CheckpointFormat::llama2c;
+  const double file_bytes =
+      whole_file
+          ? static_cast<double>(ranks) * static_cast<double>(std::filesystem::file_size(o.model))
+          : 0.0;
   for (int tp : o.tp) {
     for (const ParallelConfig& pc : candidate_schemes(tp, 1)) {
       if (!o.schemes.empty() &&
@@ -156,10 +160,11 @@ void check_memory(const BenchCommandOptions& o, const ModelConfig& c, bool from_
 // just long enough for the largest token count.
 ModelConfig bench_config(const BenchCommandOptions& o) {
   if (!is_preset(o.model) && !std::filesystem::exists(o.model)) {
-    throw ConfigError(fmt::format("--model {} is neither a preset ({}), a shape:... nor a file",
-                                  o.model, fmt::join(preset_names(), ", ")));
+    throw ConfigError(fmt::format(
+        "--model {} is neither a preset ({}), a shape:... nor a checkpoint file or directory",
+        o.model, fmt::join(preset_names(), ", ")));
   }
-  ModelConfig c = is_preset(o.model) ? *named_model(o.model) : read_llama2c_config(o.model);
+  ModelConfig c = is_preset(o.model) ? *named_model(o.model) : read_checkpoint_config(o.model);
   const int layers = o.layers > 0 ? o.layers : (is_preset(o.model) ? 1 : c.n_layers);
   if (layers > c.n_layers) {
     throw ConfigError(fmt::format("--layers {} exceeds the model's {} layers", layers, c.n_layers));
@@ -375,17 +380,15 @@ int bench_main(const BenchCommandOptions& raw, int argc, char** argv) {
   }
   try {
     fault_point("bench");
-    // Weights: a checkpoint's own (in memory), or seeded random ones whose
-    // shard each rank computes for itself.
-    std::optional<ModelWeights> weights;
+    // Weights: a checkpoint's own (its first layers), or seeded random ones
+    // whose shard each rank computes for itself.
+    std::optional<Checkpoint> checkpoint;
     std::unique_ptr<WeightSource> source;
     if (is_preset(o.model)) {
       source = std::make_unique<RandomSource>(config, 1);
     } else {
-      weights = load_llama2c(o.model);
-      weights->layers.resize(static_cast<size_t>(config.n_layers));
-      weights->config = config;
-      source = std::make_unique<MemorySource>(*weights);
+      checkpoint.emplace(o.model);
+      source = std::make_unique<ConfigViewSource>(checkpoint->source(), config);
     }
 
     HardwareProfile profile;
@@ -462,7 +465,9 @@ Command add_bench_command(CLI::App& app, int argc, char** argv) {
   auto o = std::make_shared<BenchCommandOptions>();
   CLI::App* cmd = app.add_subcommand("bench", "measure prefill per layer for each scheme");
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  cmd->add_option("--model", o->model, "a preset name or a llama2.c checkpoint")->required();
+  cmd->add_option("--model", o->model,
+                  "a preset name, a llama2.c checkpoint or an HF checkpoint directory")
+      ->required();
   cmd->add_option("--layers", o->layers, "layers to run (default: 1 of a preset, all of a file)")
       ->transform(decimal_integer());
   cmd->add_option("--tokens", o->tokens, "prompt token counts, e.g. 16,64,256")

@@ -1,6 +1,6 @@
 // `flashcomm plan`, in three steps:
-//   1. resolve: the model (a preset name or a llama2.c checkpoint, of which
-//      only the header is read) and the hardware (a built-in profile or a JSON
+//   1. resolve: the model (a preset name, or a llama2.c or HF checkpoint, of
+//      which only the headers are read) and the hardware (a built-in profile or a JSON
 //      file); check the layout as `flashcomm run` would;
 //   2. plan: the cost model's prediction of every scheme at every token count
 //      (src/planner/cost_model.cpp);
@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/options.hpp"
+#include "flashcomm/checkpoint.hpp"
 #include "flashcomm/cost_model.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/presets.hpp"
@@ -48,11 +49,13 @@ ModelConfig resolve_model(const std::string& name_or_path) {
     return *named;
   }
   const std::vector<std::string> names = preset_names();
-  if (std::filesystem::is_regular_file(name_or_path)) {
-    return read_llama2c_config(name_or_path);
+  if (std::filesystem::is_regular_file(name_or_path) ||
+      std::filesystem::is_directory(name_or_path)) {
+    return read_checkpoint_config(name_or_path);
   }
-  throw ConfigError(fmt::format("--model {} is neither a preset ({}), a shape:... nor a file",
-                                name_or_path, fmt::join(names, ", ")));
+  throw ConfigError(fmt::format(
+      "--model {} is neither a preset ({}), a shape:... nor a checkpoint file or directory",
+      name_or_path, fmt::join(names, ", ")));
 }
 
 // "1.23x", or "-" when there is nothing to compare with.
@@ -216,7 +219,9 @@ Command add_plan_command(CLI::App& app) {
   CLI::App* plan = app.add_subcommand(
       "plan", "predict each scheme's prefill time on a hardware profile and recommend one");
   plan->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  plan->add_option("--model", o->model, "model preset name or llama2.c checkpoint")->required();
+  plan->add_option("--model", o->model,
+                   "model preset name, llama2.c checkpoint or HF checkpoint directory")
+      ->required();
   plan->add_option("--hardware", o->hardware, "built-in hardware profile or a JSON profile file")
       ->required();
   plan->add_option("--tp", o->tp_size, "tensor-parallel size")

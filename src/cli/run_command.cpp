@@ -33,6 +33,7 @@
 #include "cli/prompts.hpp"
 #include "cli/report.hpp"
 #include "comm/mpi/mpi_check.hpp"
+#include "flashcomm/checkpoint.hpp"
 #include "flashcomm/context.hpp"
 #include "flashcomm/engine.hpp"
 #include "flashcomm/error.hpp"
@@ -116,7 +117,7 @@ Prepared prepare(const RunOptions& opt, int world_size) {
   }
   check_json_path(opt.json_path);
   Prepared p;
-  p.config = read_llama2c_config(opt.model);
+  p.config = read_checkpoint_config(opt.model);
   check_parallel_config(p.config, opt.parallel, world_size);
   if (!opt.tokenizer.empty()) {
     p.tokenizer = load_tokenizer(opt.tokenizer, p.config.vocab_size);
@@ -171,7 +172,7 @@ bool ranks_agree(const RunOptions& opt, const Prepared* prepared) {
 }
 
 // Serves this replica's requests; returns their results as JSON.
-json serve(const RunOptions& opt, const Prepared& prep, const ModelWeights& weights,
+json serve(const RunOptions& opt, const Prepared& prep, Checkpoint& checkpoint,
            ParallelContext& ctx, Engine& engine, double& max_rel_err) {
   const RankPlace& place = ctx.place();
   json results = json::array();
@@ -195,7 +196,8 @@ json serve(const RunOptions& opt, const Prepared& prep, const ModelWeights& weig
                    {"prefill_seconds", g.prefill_seconds},
                    {"decode_seconds", g.decode_seconds}};
     if (opt.check && place.tp_rank == 0) {
-      ReferenceModel reference(weights);
+      // The unsharded pass needs every weight: only the ranks that check hold them.
+      ReferenceModel reference(checkpoint.full_weights());
       const std::vector<float> expected = reference.last_logits(r.prompt_tokens);
       const double err = max_relative_error(g.prefill_logits, expected);
       result["check"] = {{"max_rel_err", err}};
@@ -310,7 +312,9 @@ void print_and_write(const RunOptions& opt, const Tokenizer* tokenizer, std::vec
 void add_run_options(CLI::App& run, RunOptions& o) {
   // A repeated option takes its last value, so wrappers can append overrides.
   run.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  run.add_option("--model", o.model, "llama2.c checkpoint (legacy or version-1 layout)")
+  run.add_option("--model", o.model,
+                 "llama2.c checkpoint file, or Hugging Face checkpoint directory (config.json + "
+                 "safetensors)")
       ->required();
   run.add_option("--tokenizer", o.tokenizer,
                  "llama2.c tokenizer file or SentencePiece model (tokenizer.model), told apart by "
@@ -367,7 +371,7 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
 
   // 1. prepare, and agree on it before anyone computes.
   Prepared prep;
-  std::optional<ModelWeights> weights;
+  std::optional<Checkpoint> checkpoint;
   int code = kExitOk;
   std::string message;
   try {
@@ -376,7 +380,7 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
     arm_fault_from_environment(MpiSession::size(), kFaultPoints);
     fault_point("prepare");
     prep = prepare(opt, MpiSession::size());
-    weights = load_llama2c(opt.model);
+    checkpoint.emplace(opt.model);
   } catch (const std::exception& e) {
     code = exit_code_for(e);
     message = e.what();
@@ -412,9 +416,9 @@ int run_command(const RunOptions& opt, int argc, char** argv) {
   // so it ends the whole job.
   try {
     ParallelContext ctx(MPI_COMM_WORLD, opt.parallel);
-    Engine engine(*weights, ctx, prep.context);
+    Engine engine(checkpoint->source(), ctx, true, prep.context);
     double max_rel_err = 0.0;
-    const json mine = serve(opt, prep, *weights, ctx, engine, max_rel_err);
+    const json mine = serve(opt, prep, *checkpoint, ctx, engine, max_rel_err);
     const double worst_err = [&] {
       double v = max_rel_err;
       FC_CHECK_MPI(MPI_Allreduce(&max_rel_err, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
