@@ -141,9 +141,15 @@ BenchRow measure(MPI_Comm comm, const WeightSource& source, const ParallelConfig
 
 double layer_floor(const LayerCost& cost, const HardwareProfile& profile,
                    const ParallelConfig& parallel) {
+  // The fastest GEMM rate the profile knows: its rates by rows are measured
+  // apart from its large-GEMM rate, and under load one may come out above it.
+  double best_rate = profile.gemm_flops;
+  for (const auto& [rows, rate] : profile.gemm_flops_by_rows) {
+    best_rate = std::max(best_rate, rate);
+  }
   double s = 0.0;
   for (const PhaseCost& p : cost.phases) {
-    s += p.flops / profile.gemm_flops;
+    s += p.flops / best_rate;
     if (p.has_collective() && p.comm_bytes > 0) {
       const int group = p.group == "otp"   ? parallel.otp_size()
                         : p.group == "odp" ? parallel.odp_size()

@@ -149,6 +149,7 @@ std::uint64_t fingerprint(const RunOptions& opt, const Prepared& p) {
   }
   // Ranks that stop at different tokens would run different collectives.
   text += fmt::format("|stop {}", fmt::join(p.stop_tokens, ","));
+  text += fmt::format("|bias {} norm {}", c.qkv_bias, c.qk_norm);
   return std::hash<std::string>{}(text);
 }
 
