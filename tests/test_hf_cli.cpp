@@ -171,5 +171,67 @@ TEST(HfCli, BenchAndPlanTakeAnHfCheckpoint) {
   EXPECT_NE(plan.output.find("d_model 64"), std::string::npos) << plan.output;
 }
 
+// `convert` writes what `run` reads: the golden story from a sharded
+// checkpoint of stories260K, and a Qwen3-style checkpoint from a shape whose
+// TP 2 run matches the unsharded pass; bad options are refused.
+TEST(HfCli, ConvertWritesCheckpointsThatRunReads) {
+  const test::TempDir dir("hfcli-convert");
+  const std::string stories = dir.file("stories");
+  const Outcome wrote =
+      shell(flashcomm(fmt::format("convert --model {} --out {} --shards 3",
+                                  quote(test::stories_checkpoint()), quote(stories))));
+  ASSERT_EQ(wrote.exit_code, 0) << wrote.output;
+  EXPECT_TRUE(fs::exists(fs::path(stories) / "model.safetensors.index.json"));
+  const Outcome gold = shell(flashcomm(run_args(stories) + " --tp 2 --steps 200"));
+  EXPECT_EQ(gold.exit_code, 0) << gold.output;
+  EXPECT_EQ(squash_spaces(gold.output).rfind(kGoldenStory, 0), 0U) << gold.output;
+
+  const std::string qwen = dir.file("qwen3");
+  const Outcome shaped = shell(
+      flashcomm("convert --model shape:d_model=48,n_heads=4,n_kv_heads=2,head_dim=16,hidden_dim=96,"
+                "n_layers=2,vocab_size=512,qk_norm=1 --dtype bf16 --out " +
+                quote(qwen)));
+  ASSERT_EQ(shaped.exit_code, 0) << shaped.output;
+  EXPECT_NE(shaped.output.find("as a qwen3 checkpoint"), std::string::npos) << shaped.output;
+  const nlohmann::json report = run_json(qwen, "--tp 2 --flashcomm1 --steps 4 --check");
+  ASSERT_TRUE(report.contains("check")) << report.dump();
+  EXPECT_LT(report["check"]["max_rel_err"].get<double>(), 1e-4) << report.dump();
+
+  const Outcome dtype = shell(flashcomm(fmt::format(
+      "convert --model {} --out {} --dtype f8", quote(test::stories_checkpoint()), quote(qwen))));
+  EXPECT_EQ(dtype.exit_code, 2) << dtype.output;
+  EXPECT_EQ(count(dtype.output, "--dtype f8 is not one of f32, f16, bf16"), 1U) << dtype.output;
+  const Outcome type =
+      shell(flashcomm(fmt::format("convert --model {} --out {} --model-type qwen2",
+                                  quote(test::stories_checkpoint()), quote(dir.file("x")))));
+  EXPECT_EQ(type.exit_code, 2) << type.output;
+  EXPECT_EQ(count(type.output, "a qwen2 checkpoint has q/k/v biases"), 1U) << type.output;
+}
+
+// Without --tokenizer, a checkpoint directory's own tokenizer.model is used;
+// with token-id prompts, none is.
+TEST(HfCli, TheCheckpointsOwnTokenizerIsTheDefault) {
+  const test::TempDir dir("hfcli-tok");
+  save_hf_checkpoint(load_llama2c(test::stories_checkpoint()), dir.path(), DType::f32, "llama");
+  test::write_file(dir.file("tokenizer.model"),
+                   test::train_sentencepiece("--model_type=bpe --vocab_size=320 "
+                                             "--byte_fallback=true"));
+  const std::string report_path = dir.file("r.json");
+  const Outcome o =
+      shell(flashcomm(fmt::format("run --model {} --prompt 'Once upon a time' "
+                                  "--steps 4 --tp 2 --json {}",
+                                  quote(dir.path()), quote(report_path))));
+  ASSERT_EQ(o.exit_code, 0) << o.output;
+  std::ifstream file(report_path);
+  const nlohmann::json report = nlohmann::json::parse(file);
+  EXPECT_EQ(report["tokenizer"]["format"], "sentencepiece") << report.dump();
+  EXPECT_EQ(report["tokenizer"]["file"], dir.file("tokenizer.model")) << report.dump();
+
+  const Outcome ids = shell(
+      flashcomm(fmt::format("run --model {} --prompt-tokens 1,403 --steps 4", quote(dir.path()))));
+  EXPECT_EQ(ids.exit_code, 0) << ids.output;
+  EXPECT_NE(ids.output.find("generated tokens:"), std::string::npos) << ids.output;
+}
+
 }  // namespace
 }  // namespace flashcomm

@@ -21,5 +21,6 @@ CLI::Validator decimal_integer();
 Command add_run_command(CLI::App& app, int argc, char** argv);
 Command add_calibrate_command(CLI::App& app, int argc, char** argv);
 Command add_bench_command(CLI::App& app, int argc, char** argv);
+Command add_convert_command(CLI::App& app);
 
 }  // namespace flashcomm::cli

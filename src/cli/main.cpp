@@ -34,6 +34,7 @@ int flashcomm_main(int argc, char** argv) {
       flashcomm::cli::add_calibrate_command(app, argc, argv),
       flashcomm::cli::add_bench_command(app, argc, argv),
       flashcomm::cli::add_plan_command(app),
+      flashcomm::cli::add_convert_command(app),
   };
 
   try {

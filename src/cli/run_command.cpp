@@ -356,9 +356,24 @@ void add_run_options(CLI::App& run, RunOptions& o) {
                  "trace, debug, info, warn, error or off (default: $FLASHCOMM_LOG_LEVEL or warn)");
 }
 
+// A Hugging Face checkpoint directory usually holds its SentencePiece
+// tokenizer; it is taken when --tokenizer is not given and no prompt is
+// given as ids (as vLLM and llama.cpp take the checkpoint's own tokenizer).
+RunOptions with_default_tokenizer(RunOptions opt) {
+  const std::filesystem::path own = std::filesystem::path(opt.model) / "tokenizer.model";
+  std::error_code error;
+  if (opt.tokenizer.empty() && opt.prompt_tokens.empty() &&
+      std::filesystem::is_directory(opt.model, error) &&
+      std::filesystem::is_regular_file(own, error)) {
+    opt.tokenizer = own.string();
+  }
+  return opt;
+}
+
 }  // namespace
 
-int run_command(const RunOptions& opt, int argc, char** argv) {
+int run_command(const RunOptions& options, int argc, char** argv) {
+  const RunOptions opt = with_default_tokenizer(options);
   // Started by hand for several ranks: check once here, then become mpiexec.
   if (!under_mpi_launcher() && opt.parallel.world_size() > 1) {
     log::init(0, opt.log_level);
