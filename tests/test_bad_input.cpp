@@ -17,6 +17,11 @@
 #include <string>
 #include <vector>
 
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "flashcomm/hf.hpp"
 #include "flashcomm/model.hpp"
 #include "test_support.hpp"
 
@@ -101,6 +106,51 @@ Case with_tokenizer(std::function<std::vector<char>()> bytes) {
   };
 }
 
+// stories260K as a float32 HF checkpoint in dir/hf, then `spoil` applied to
+// its config.json and safetensors header (both parsed as JSON) or to its
+// directory; the case runs it.
+struct HfFiles {
+  std::string dir;
+  nlohmann::json config;
+  nlohmann::json header;
+  std::string data;  // the bytes after the header
+};
+
+Case hf_case(std::function<void(HfFiles&)> spoil) {
+  return [spoil](const TempDir& tmp) {
+    HfFiles f;
+    f.dir = tmp.file("hf");
+    save_hf_checkpoint(load_llama2c(test::stories_checkpoint()), f.dir, DType::f32, "llama");
+    const std::vector<char> file = read_bytes(f.dir + "/model.safetensors");
+    std::uint64_t n = 0;
+    std::memcpy(&n, file.data(), sizeof(n));
+    f.header = nlohmann::json::parse(file.begin() + 8, file.begin() + 8 + static_cast<long>(n));
+    f.data.assign(file.begin() + 8 + static_cast<long>(n), file.end());
+    const std::vector<char> config = read_bytes(f.dir + "/config.json");
+    f.config = nlohmann::json::parse(config.begin(), config.end());
+    spoil(f);
+    if (!f.config.is_null()) {
+      const std::string text = f.config.dump();
+      write_bytes(f.dir + "/config.json", {text.begin(), text.end()});
+    }
+    if (!f.header.is_null()) {
+      const std::string text = f.header.dump();
+      std::vector<char> bytes(8);
+      const std::uint64_t length = text.size();
+      std::memcpy(bytes.data(), &length, sizeof(length));
+      bytes.insert(bytes.end(), text.begin(), text.end());
+      bytes.insert(bytes.end(), f.data.begin(), f.data.end());
+      write_bytes(f.dir + "/model.safetensors", bytes);
+    }
+    return run_args(f.dir, test::stories_tokenizer(), "");
+  };
+}
+
+// Leaves a file as the test wrote it: f.config or f.header set to null.
+void write_raw(const std::string& path, const std::string& bytes) {
+  write_bytes(path, {bytes.begin(), bytes.end()});
+}
+
 std::vector<char> truncated(const std::string& path, std::size_t size) {
   std::vector<char> bytes = read_bytes(path);
   bytes.resize(size);
@@ -156,6 +206,70 @@ const std::map<std::string, Case>& cases() {
        with_tokenizer([] { return patched(test::stories_tokenizer(), kFirstLength, -3); })},
       {"tokenizer-length-beyond-file",
        with_tokenizer([] { return patched(test::stories_tokenizer(), kFirstLength, 1000000000); })},
+      {"tokenizer-sentencepiece-garbage",
+       [](const TempDir& dir) {
+         std::string bytes(1, '\x0a');
+         for (int i = 0; i < 300; ++i) {
+           bytes += static_cast<char>((i * 7919 + 13) % 251);
+         }
+         write_raw(dir.file("tok.model"), bytes);
+         return run_args(test::stories_checkpoint(), dir.file("tok.model"), "");
+       }},
+      {"prompt-tokens-beyond-vocab",
+       [](const TempDir&) { return stories("--prompt-tokens 1,600"); }},
+      {"prompt-tokens-empty-element",
+       [](const TempDir&) { return stories("--prompt-tokens 1,,2"); }},
+      {"prompt-tokens-negative", [](const TempDir&) { return stories("--prompt-tokens 1,-2"); }},
+      {"prompt-tokens-empty", [](const TempDir&) { return stories("--prompt-tokens ''"); }},
+      {"prompt-mixed", [](const TempDir&) { return stories("--prompt Lily --prompt-tokens 1,2"); }},
+      {"hf-no-config", hf_case([](HfFiles& f) {
+         std::filesystem::remove(f.dir + "/config.json");
+         f.config = nullptr;
+       })},
+      {"hf-config-json", hf_case([](HfFiles& f) {
+         write_raw(f.dir + "/config.json", f.config.dump().substr(0, 40));
+         f.config = nullptr;
+       })},
+      {"hf-config-model-type", hf_case([](HfFiles& f) { f.config["model_type"] = "gpt2"; })},
+      {"hf-config-string", hf_case([](HfFiles& f) { f.config["hidden_size"] = "64"; })},
+      {"hf-config-negative", hf_case([](HfFiles& f) { f.config["num_hidden_layers"] = -1; })},
+      {"hf-config-rope-scaling", hf_case([](HfFiles& f) {
+         f.config["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8}};
+       })},
+      {"hf-header-length", hf_case([](HfFiles& f) {
+         std::string bytes(8, '\0');
+         const std::uint64_t length = 1000000000000ULL;
+         std::memcpy(bytes.data(), &length, sizeof(length));
+         write_raw(f.dir + "/model.safetensors", bytes + f.header.dump() + f.data);
+         f.header = nullptr;
+       })},
+      {"hf-header-json", hf_case([](HfFiles& f) {
+         const std::string text = "{\"a\": ";
+         std::string bytes(8, '\0');
+         const std::uint64_t length = text.size();
+         std::memcpy(bytes.data(), &length, sizeof(length));
+         write_raw(f.dir + "/model.safetensors", bytes + text + f.data);
+         f.header = nullptr;
+       })},
+      {"hf-truncated", hf_case([](HfFiles& f) { f.data.resize(f.data.size() / 2); })},
+      {"hf-offsets", hf_case([](HfFiles& f) {
+         auto& offsets = f.header["model.norm.weight"]["data_offsets"];
+         const std::uint64_t size =
+             offsets[1].get<std::uint64_t>() - offsets[0].get<std::uint64_t>();
+         offsets = {f.data.size() - 4, f.data.size() - 4 + size};
+       })},
+      {"hf-dtype", hf_case([](HfFiles& f) { f.header["model.norm.weight"]["dtype"] = "I32"; })},
+      {"hf-missing-tensor", hf_case([](HfFiles& f) { f.header.erase("model.norm.weight"); })},
+      {"hf-shape", hf_case([](HfFiles& f) {
+         f.header["model.layers.0.mlp.gate_proj.weight"]["shape"] = {64, 172};
+       })},
+      {"hf-index-escape", hf_case([](HfFiles& f) {
+         std::filesystem::remove(f.dir + "/model.safetensors");
+         const nlohmann::json index = {
+             {"weight_map", {{"model.norm.weight", "../other/model.safetensors"}}}};
+         write_raw(f.dir + "/model.safetensors.index.json", index.dump());
+         f.header = nullptr;
+       })},
       {"tokenizer-vocab-mismatch",
        [](const TempDir& dir) {
          ModelConfig c = load_llama2c(test::stories_checkpoint()).config;
@@ -169,7 +283,7 @@ const std::map<std::string, Case>& cases() {
 
 TEST(BadInput, EveryRowOfTheTableHasACaseAndEveryCaseARow) {
   const std::vector<Row> rows = read_table();
-  ASSERT_GE(rows.size(), 20U) << "the table in docs/bad-input.md did not parse";
+  ASSERT_GE(rows.size(), 40U) << "the table in docs/bad-input.md did not parse";
   std::map<std::string, int> seen;
   for (const Row& r : rows) {
     EXPECT_EQ(++seen[r.id], 1) << "row " << r.id << " appears twice";
