@@ -270,6 +270,20 @@ const std::map<std::string, Case>& cases() {
          write_raw(f.dir + "/model.safetensors.index.json", index.dump());
          f.header = nullptr;
        })},
+      {"tokenizer-json",
+       [](const TempDir& dir) {
+         write_raw(dir.file("tok.json"), R"({"version": "1.0", "model": {"type": "BPE"}})");
+         return run_args(test::stories_checkpoint(), dir.file("tok.json"), "");
+       }},
+      {"tokenizer-tiktoken",
+       [](const TempDir& dir) {
+         write_raw(dir.file("tok.model"), "IQ== 0\nIg== 1\nIw== 2\n");
+         return run_args(test::stories_checkpoint(), dir.file("tok.model"), "");
+       }},
+      {"plan-tokens",
+       [](const TempDir&) {
+         return std::string("plan --model llama-3-8b --hardware h100-sxm --tp 2 --tokens 512,abc");
+       }},
       {"tokenizer-vocab-mismatch",
        [](const TempDir& dir) {
          ModelConfig c = load_llama2c(test::stories_checkpoint()).config;

@@ -98,7 +98,7 @@ void print_table(const PlanOptions& o, const PlanRequest& r, const Plan& plan) {
     fmt::print("memory budget for the extra o_proj: {:.2f} GiB per rank ({}-byte weights)\n",
                *r.memory_budget_gib, r.weight_bytes);
   } else {
-    fmt::print("memory budget for the extra o_proj: none ({}-byte weights)\n", r.weight_bytes);
+    fmt::print("memory budget for the extra o_proj: unlimited ({}-byte weights)\n", r.weight_bytes);
   }
   fmt::print("\n{:>7}  {:<26} {:>10} {:>11} {:>7} {:>7} {:>17}\n", "tokens", "scheme", "layer ms",
              "prefill ms", "vs TP", "vs FC1", "extra o_proj MiB");
@@ -233,6 +233,7 @@ Command add_plan_command(CLI::App& app) {
   plan->add_option("--tokens", o->tokens, "prompt lengths to plan for (one or more)")
       ->required()
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->delimiter(',')
       ->transform(decimal_integer());
   o->memory_budget = plan->add_option("--memory-budget", o->memory_budget_gib,
                                       "GiB per rank allowed for FlashComm2's extra o_proj "

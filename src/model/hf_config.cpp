@@ -5,6 +5,7 @@
 // activation, RoPE scaling, an o_proj or MLP bias) is refused by name rather
 // than silently computed wrong. Defaults are those of the transformers
 // configuration class of each model type.
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <string>
@@ -255,10 +256,17 @@ HfConfig parse_hf_config(std::string_view json_text, const std::string& source) 
   if (window_on && f.present("sliding_window")) {
     out.sliding_window = f.positive_int("sliding_window");
     if (out.sliding_window < c.seq_len) {
-      log::info(
+      const std::string why = fmt::format(
           "{}: sliding_window {} is below max_position_embeddings {}: the context is capped at "
           "{} tokens, where full attention equals the sliding window",
           source, out.sliding_window, c.seq_len, out.sliding_window);
+      // A warning once per process (the configuration is read more than once).
+      static std::atomic<bool> said{false};
+      if (!said.exchange(true)) {
+        log::warn("{}", why);
+      } else {
+        log::debug("{}", why);
+      }
       c.seq_len = out.sliding_window;
     }
   }

@@ -150,6 +150,34 @@ bool looks_like_sentencepiece(std::string_view bytes, std::string* why) {
   return true;
 }
 
+namespace {
+
+// Tokenizer files of other engines that users pass by mistake, named so the
+// message can say what the file is rather than where llama2.c parsing broke:
+// Hugging Face's tokenizer.json (JSON), tiktoken's BPE ranks (Llama 3's
+// tokenizer.model: lines of base64 token, space, rank).
+const char* other_tokenizer_format(const std::string& bytes) {
+  const std::size_t first = bytes.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && bytes[first] == '{') {
+    return "a Hugging Face tokenizer.json";
+  }
+  const std::size_t eol = bytes.find('\n');
+  const std::string line = bytes.substr(0, eol == std::string::npos ? 200 : eol);
+  const std::size_t space = line.find(' ');
+  const bool base64 = space != std::string::npos && space > 0 &&
+                      line.find_first_not_of(
+                          "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                          "0123456789+/=") == space;
+  const bool rank = space != std::string::npos && space + 1 < line.size() &&
+                    line.find_first_not_of("0123456789", space + 1) == std::string::npos;
+  if (base64 && rank) {
+    return "a tiktoken BPE file (the tokenizer.model of Llama 3)";
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int model_vocab_size) {
   const std::string bytes = read_tokenizer_file(path);
 
@@ -177,6 +205,12 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int model_voc
   try {
     return std::make_unique<Llama2cTokenizer>(Llama2cTokenizer::load(path, model_vocab_size));
   } catch (const FormatError& e) {
+    if (const char* other = other_tokenizer_format(bytes)) {
+      throw FormatError(fmt::format(
+          "{}: this looks like {}, which flashcomm does not read; use a llama2.c tokenizer or a "
+          "SentencePiece tokenizer.model, or give the prompt as --prompt-tokens IDS",
+          path, other));
+    }
     if (static_cast<unsigned char>(bytes[0]) != kFirstPieceKey) {
       throw FormatError(
           fmt::format("{} (the model's vocab_size is {})", e.what(), model_vocab_size));
