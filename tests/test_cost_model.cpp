@@ -255,10 +255,13 @@ TEST(CostModel, GemmsAreComputeBoundForLongPromptsAndWeightBoundForShortOnes) {
   const ModelConfig m = preset_config("llama-3-8b");
   const HardwareProfile p = builtin_profile("h100-sxm");
   // qkv: [n, 4096] . [(4 + 2*1)*128, 4096]^T on 8 ranks.
-  const PhaseCost* big = predict_layer(m, layout(8, false, 0), 8192, p).find(Phase::qkv_proj);
+  // find() points into the LayerCost, so each must outlive its PhaseCost*.
+  const LayerCost long_prompt = predict_layer(m, layout(8, false, 0), 8192, p);
+  const PhaseCost* big = long_prompt.find(Phase::qkv_proj);
   ASSERT_NE(big, nullptr);
   EXPECT_DOUBLE_EQ(big->flops, 2.0 * 8192 * 4096 * 768);
-  const PhaseCost* one = predict_layer(m, layout(8, false, 0), 1, p).find(Phase::qkv_proj);
+  const LayerCost one_token = predict_layer(m, layout(8, false, 0), 1, p);
+  const PhaseCost* one = one_token.find(Phase::qkv_proj);
   ASSERT_NE(one, nullptr);
   EXPECT_NEAR(one->seconds, one->bytes_moved / p.memory_bandwidth_Bps, 1e-12);
   EXPECT_GT(one->bytes_moved / p.memory_bandwidth_Bps, one->flops / p.gemm_flops);
@@ -447,7 +450,8 @@ TEST(Profiles, BuiltInNumbersFollowTheirDatasheets) {
   // PCIe is an order of magnitude below NVLink; HCCS's full mesh grows with the group.
   const HardwareProfile l40 = builtin_profile("l40-pcie");
   EXPECT_LT(l40.collectives.at(CommOp::all_reduce).front().bandwidth_Bps, 30e9);
-  const auto& hccs = builtin_profile("ascend-910b").collectives.at(CommOp::all_to_all);
+  const HardwareProfile ascend = builtin_profile("ascend-910b");
+  const auto& hccs = ascend.collectives.at(CommOp::all_to_all);
   EXPECT_LT(hccs.front().bandwidth_Bps, hccs.back().bandwidth_Bps);
   // Across nodes an AlltoAll is bound by one NIC per GPU, rings by eight.
   const HardwareProfile ib = builtin_profile("ib-cluster");
