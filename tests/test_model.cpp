@@ -1,6 +1,8 @@
 // Tests of the model configuration, the llama2.c checkpoint reader and writer,
 // and the seeded random weights. Corrupt checkpoints are made by editing a
-// copy of the real stories260K file in a temporary directory.
+// copy of the real stories260K file in a temporary directory. The bounds-checked
+// byte readers under the parsers, and the in-memory entry points that the fuzz
+// targets call, are tested here too.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,11 +14,15 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <limits>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flashcomm/error.hpp"
 #include "flashcomm/model.hpp"
+#include "model/byte_reader.hpp"
 #include "test_support.hpp"
 
 namespace flashcomm {
@@ -471,6 +477,73 @@ TEST(Llama2cTest, BadVersion1HeadersAreRejected) {
   bytes = v1;
   bytes[8 + 7 * 4] = 0;  // claims a separate classifier that the file lacks
   EXPECT_NE(load_error(dir, bytes).find("truncated"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------
+// Byte readers and the in-memory entry points
+
+std::span<const unsigned char> as_span(const Bytes& bytes) {
+  return {reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()};
+}
+
+TEST(ByteReaderTest, FileAndMemoryReadTheSameBytesAndRefuseTheSameRanges) {
+  test::TempDir dir("reader");
+  const std::string path = dir.file("ten.bin");
+  const Bytes ten = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9'};
+  write_bytes(path, ten);
+  detail::FileReader file(path, "checkpoint");
+  detail::MemoryReader memory(as_span(ten), path);
+  constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
+  for (detail::ByteReader* in : std::vector<detail::ByteReader*>{&file, &memory}) {
+    EXPECT_EQ(in->size(), 10);
+    EXPECT_EQ(in->name(), path);
+    char got[10] = {};
+    in->read(7, got, 3, "the tail");
+    EXPECT_EQ(std::string(got, 3), "789");
+    in->read(0, got, 10, "all");  // backwards: the file reader seeks
+    EXPECT_EQ(std::string(got, 10), "0123456789");
+    EXPECT_NO_THROW(in->read(10, got, 0, "nothing at the end"));
+    // Past the end, negative, and ranges whose end overflows int64.
+    for (const auto& range : std::vector<std::pair<std::int64_t, std::int64_t>>{
+             {8, 3}, {11, 0}, {-1, 2}, {0, -1}, {1, kMax}, {kMax, 1}, {kMax, kMax}}) {
+      const std::int64_t offset = range.first;  // a lambda cannot capture a binding in clang 14
+      const std::int64_t bytes = range.second;
+      SCOPED_TRACE(std::to_string(offset) + " + " + std::to_string(bytes));
+      const std::string message =
+          format_error_of([&] { in->read(offset, got, bytes, "a tensor"); });
+      EXPECT_NE(message.find(path), std::string::npos) << message;
+      EXPECT_NE(message.find("truncated"), std::string::npos) << message;
+      EXPECT_NE(message.find("a tensor"), std::string::npos) << message;
+      EXPECT_NE(message.find(std::to_string(offset)), std::string::npos) << message;
+    }
+  }
+}
+
+TEST(ByteReaderTest, FileReaderRefusesADirectory) {
+  test::TempDir dir("reader");
+  const std::string message = format_error_of([&] { detail::FileReader(dir.path(), "tokenizer"); });
+  EXPECT_NE(message.find(dir.path()), std::string::npos) << message;
+  EXPECT_NE(message.find("not a regular file"), std::string::npos) << message;
+}
+
+TEST(Llama2cTest, InMemoryParsingEqualsLoadingTheFile) {
+  for (const std::string& path : {test::stories_checkpoint(), test::stories_checkpoint_v1()}) {
+    SCOPED_TRACE(path);
+    const Bytes bytes = read_bytes(path);
+    detail::MemoryReader in(as_span(bytes), "in memory");
+    expect_same_config(detail::read_llama2c_config(in), read_llama2c_config(path));
+    expect_same_weights(detail::load_llama2c(in), load_llama2c(path));
+
+    // A corrupt copy fails with the same message, its source named as given.
+    const Bytes cut(bytes.begin(), bytes.end() - 4);
+    detail::MemoryReader cut_in(as_span(cut), "in memory");
+    const std::string message = format_error_of([&] { detail::load_llama2c(cut_in); });
+    test::TempDir dir("model");
+    std::string file_message = load_error(dir, cut);
+    file_message.replace(file_message.find(dir.file("bad.bin")), dir.file("bad.bin").size(),
+                         "in memory");
+    EXPECT_EQ(message, file_message);
+  }
 }
 
 TEST(Llama2cTest, MissingFileIsAFormatErrorNamingThePath) {

@@ -11,12 +11,14 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "flashcomm/error.hpp"
 #include "flashcomm/tokenizer.hpp"
+#include "model/byte_reader.hpp"
 #include "test_support.hpp"
 
 namespace flashcomm {
@@ -308,6 +310,36 @@ TEST(TokenizerTest, BadEntriesAreRejectedNamingTheEntry) {
     message = format_error_of([&] { Tokenizer::load(path, 3); });
     EXPECT_NE(message.find("max_token_length"), std::string::npos) << message;
   }
+}
+
+// ---------------------------------------------------------------------------
+// The in-memory entry point
+
+std::span<const unsigned char> as_span(const Bytes& bytes, size_t from = 0) {
+  return {reinterpret_cast<const unsigned char*>(bytes.data()) + from, bytes.size() - from};
+}
+
+void expect_same_vocabulary(const Tokenizer& a, const Tokenizer& b) {
+  ASSERT_EQ(a.vocab_size(), b.vocab_size());
+  for (int id = 0; id < a.vocab_size(); ++id) {
+    EXPECT_EQ(a.piece(id), b.piece(id)) << id;
+  }
+  for (const std::string& text : kSentences) {
+    EXPECT_EQ(a.encode(text, true), b.encode(text, true)) << text;
+  }
+}
+
+TEST(TokenizerTest, InMemoryParsingEqualsLoadingTheFile) {
+  const Bytes bytes = read_bytes(test::stories_tokenizer());
+  detail::MemoryReader in(as_span(bytes), "in memory");
+  expect_same_vocabulary(detail::load_tokenizer(in, kStoriesVocab), stories());
+
+  const Bytes cut(bytes.begin(), bytes.end() - 1);
+  detail::MemoryReader cut_in(as_span(cut), "in memory");
+  const std::string message =
+      format_error_of([&] { detail::load_tokenizer(cut_in, kStoriesVocab); });
+  EXPECT_EQ(message.rfind("in memory: truncated", 0), 0U) << message;
+  EXPECT_NE(message.find("entry 511"), std::string::npos) << message;
 }
 
 TEST(TokenizerTest, MissingFileIsAFormatErrorNamingThePath) {

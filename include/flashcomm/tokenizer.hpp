@@ -13,6 +13,14 @@
 
 namespace flashcomm {
 
+class Tokenizer;
+
+namespace detail {
+class ByteReader;
+// The parser behind Tokenizer::load, on any bytes (src/model/byte_reader.hpp).
+Tokenizer load_tokenizer(ByteReader& file, int vocab_size);
+}  // namespace detail
+
 class Tokenizer {
  public:
   static constexpr int kBos = 1;
@@ -36,6 +44,8 @@ class Tokenizer {
   const std::string& piece(int token) const { return pieces_.at(static_cast<size_t>(token)); }
 
  private:
+  friend Tokenizer detail::load_tokenizer(detail::ByteReader& file, int vocab_size);
+
   int lookup(std::string_view piece) const;  // -1 when absent
 
   std::vector<std::string> pieces_;
