@@ -546,6 +546,26 @@ TEST(Llama2cTest, InMemoryParsingEqualsLoadingTheFile) {
   }
 }
 
+// The fuzz target's seeds (fuzz/corpus/llama2c_checkpoint/, written by
+// fuzz/make_seeds.cpp) stay what they claim: whole tiny models in both layouts,
+// and the real headers over no weights.
+TEST(Llama2cTest, FuzzSeedsAreTinyModelsAndTruncatedHeaders) {
+  const std::string corpus = std::string(FLASHCOMM_FUZZ_CORPUS_DIR) + "/llama2c_checkpoint/";
+  for (const char* name : {"tiny-v0-shared.bin", "tiny-v0-separate.bin", "tiny-v1-shared.bin",
+                           "tiny-v1-separate.bin"}) {
+    SCOPED_TRACE(name);
+    const ModelWeights w = load_llama2c(corpus + name);
+    EXPECT_EQ(w.config.n_layers, 2);
+    EXPECT_EQ(w.config.d_model, 8);
+    EXPECT_EQ(w.config.shared_classifier, std::string(name).find("shared") != std::string::npos);
+  }
+  for (const char* name : {"stories260K-v0-header.bin", "stories260K-v1-header.bin"}) {
+    const std::string message = format_error_of([&] { load_llama2c(corpus + name); });
+    EXPECT_NE(message.find("truncated"), std::string::npos) << message;
+    EXPECT_NE(message.find("hidden_dim 172"), std::string::npos) << message;
+  }
+}
+
 TEST(Llama2cTest, MissingFileIsAFormatErrorNamingThePath) {
   test::TempDir dir("model");
   const std::string path = dir.file("does-not-exist.bin");

@@ -313,7 +313,7 @@ TEST(TokenizerTest, BadEntriesAreRejectedNamingTheEntry) {
 }
 
 // ---------------------------------------------------------------------------
-// The in-memory entry point
+// The in-memory entry point of the fuzz target
 
 std::span<const unsigned char> as_span(const Bytes& bytes, size_t from = 0) {
   return {reinterpret_cast<const unsigned char*>(bytes.data()) + from, bytes.size() - from};
@@ -340,6 +340,27 @@ TEST(TokenizerTest, InMemoryParsingEqualsLoadingTheFile) {
       format_error_of([&] { detail::load_tokenizer(cut_in, kStoriesVocab); });
   EXPECT_EQ(message.rfind("in memory: truncated", 0), 0U) << message;
   EXPECT_NE(message.find("entry 511"), std::string::npos) << message;
+}
+
+// The fuzz target's seeds (fuzz/corpus/llama2c_tokenizer/, written by
+// fuzz/make_seeds.cpp): vocab_size as a little-endian uint16, then a tokenizer
+// file cut from tok512.bin.
+TEST(TokenizerTest, FuzzSeedsAreCutsOfTheRealVocabulary) {
+  const Tokenizer full = stories();
+  const std::string corpus = std::string(FLASHCOMM_FUZZ_CORPUS_DIR) + "/llama2c_tokenizer/";
+  for (const auto& [name, vocab_size] : std::vector<std::pair<std::string, int>>{
+           {"tok512-first8.bin", 8}, {"tok512-no-space.bin", 300}, {"tok512-trimmed.bin", 360}}) {
+    SCOPED_TRACE(name);
+    const Bytes seed = read_bytes(corpus + name);
+    ASSERT_GE(seed.size(), 2U);
+    EXPECT_EQ(static_cast<unsigned char>(seed[0]) | (static_cast<unsigned char>(seed[1]) << 8),
+              vocab_size);
+    detail::MemoryReader in(as_span(seed, 2), name);
+    const Tokenizer tok = detail::load_tokenizer(in, vocab_size);
+    for (int id = 0; id < std::min(vocab_size, 300); ++id) {
+      EXPECT_EQ(tok.piece(id), full.piece(id)) << id;
+    }
+  }
 }
 
 TEST(TokenizerTest, MissingFileIsAFormatErrorNamingThePath) {
