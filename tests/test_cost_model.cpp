@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "flashcomm/bench.hpp"
 #include "flashcomm/cost_model.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/presets.hpp"
@@ -265,6 +266,24 @@ TEST(CostModel, GemmsAreComputeBoundForLongPromptsAndWeightBoundForShortOnes) {
   ASSERT_NE(one, nullptr);
   EXPECT_NEAR(one->seconds, one->bytes_moved / p.memory_bandwidth_Bps, 1e-12);
   EXPECT_GT(one->bytes_moved / p.memory_bandwidth_Bps, one->flops / p.gemm_flops);
+}
+
+TEST(CostModel, TheBenchFloorNeverExceedsThePrediction) {
+  // Rates by rows measured on a noisy machine can beat the large-GEMM rate;
+  // the floor then uses the fastest of them.
+  const ModelConfig m = preset_config("llama-3-8b");
+  HardwareProfile p = builtin_profile("h100-sxm");
+  p.gemm_flops_by_rows = {
+      {4, 0.5 * p.gemm_flops}, {16, 2.0 * p.gemm_flops}, {64, 3.0 * p.gemm_flops}};
+  for (const ParallelConfig& pc : {layout(1, false, 0), layout(8, true, 2), layout(8, false, 1)}) {
+    for (int n_tokens : {1, 16, 64, 4096}) {
+      SCOPED_TRACE(fmt::format("tp {} n_tokens {}", pc.tp_size, n_tokens));
+      const LayerCost cost = predict_layer(m, pc, n_tokens, p);
+      const double floor = layer_floor(cost, p, pc);
+      EXPECT_GT(floor, 0.0);
+      EXPECT_LE(floor, cost.total_s * (1 + 1e-9));
+    }
+  }
 }
 
 TEST(CostModel, OneRankHasNoCollectives) {
