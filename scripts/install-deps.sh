@@ -11,6 +11,9 @@ packages=(
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libsentencepiece-dev
   clang-format clang-tidy
+  # the sanitizer and fuzz runs: clang, its ASan/UBSan/libFuzzer runtimes, and
+  # llvm-symbolizer (from llvm) for readable stack traces
+  clang libclang-rt-dev llvm
   gnuplot-nox libbenchmark-dev
 )
 

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "flashcomm/bench.hpp"
 #include "flashcomm/cost_model.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/presets.hpp"
@@ -256,10 +257,13 @@ TEST(CostModel, GemmsAreComputeBoundForLongPromptsAndWeightBoundForShortOnes) {
   const ModelConfig m = preset_config("llama-3-8b");
   const HardwareProfile p = builtin_profile("h100-sxm");
   // qkv: [n, 4096] . [(4 + 2*1)*128, 4096]^T on 8 ranks.
-  const PhaseCost* big = predict_layer(m, layout(8, false, 0), 8192, p).find(Phase::qkv_proj);
+  // find() points into the LayerCost, so each must outlive its PhaseCost*.
+  const LayerCost long_prompt = predict_layer(m, layout(8, false, 0), 8192, p);
+  const PhaseCost* big = long_prompt.find(Phase::qkv_proj);
   ASSERT_NE(big, nullptr);
   EXPECT_DOUBLE_EQ(big->flops, 2.0 * 8192 * 4096 * 768);
-  const PhaseCost* one = predict_layer(m, layout(8, false, 0), 1, p).find(Phase::qkv_proj);
+  const LayerCost one_token = predict_layer(m, layout(8, false, 0), 1, p);
+  const PhaseCost* one = one_token.find(Phase::qkv_proj);
   ASSERT_NE(one, nullptr);
   EXPECT_NEAR(one->seconds, one->bytes_moved / p.memory_bandwidth_Bps, 1e-12);
   EXPECT_GT(one->bytes_moved / p.memory_bandwidth_Bps, one->flops / p.gemm_flops);
@@ -309,6 +313,24 @@ TEST(CostModel, QkvBiasAndQkNormAddExactMemoryTrafficAndNoCommunication) {
           }
         }
       }
+    }
+  }
+}
+
+TEST(CostModel, TheBenchFloorNeverExceedsThePrediction) {
+  // Rates by rows measured on a noisy machine can beat the large-GEMM rate;
+  // the floor then uses the fastest of them.
+  const ModelConfig m = preset_config("llama-3-8b");
+  HardwareProfile p = builtin_profile("h100-sxm");
+  p.gemm_flops_by_rows = {
+      {4, 0.5 * p.gemm_flops}, {16, 2.0 * p.gemm_flops}, {64, 3.0 * p.gemm_flops}};
+  for (const ParallelConfig& pc : {layout(1, false, 0), layout(8, true, 2), layout(8, false, 1)}) {
+    for (int n_tokens : {1, 16, 64, 4096}) {
+      SCOPED_TRACE(fmt::format("tp {} n_tokens {}", pc.tp_size, n_tokens));
+      const LayerCost cost = predict_layer(m, pc, n_tokens, p);
+      const double floor = layer_floor(cost, p, pc);
+      EXPECT_GT(floor, 0.0);
+      EXPECT_LE(floor, cost.total_s * (1 + 1e-9));
     }
   }
 }
@@ -496,7 +518,8 @@ TEST(Profiles, BuiltInNumbersFollowTheirDatasheets) {
   // PCIe is an order of magnitude below NVLink; HCCS's full mesh grows with the group.
   const HardwareProfile l40 = builtin_profile("l40-pcie");
   EXPECT_LT(l40.collectives.at(CommOp::all_reduce).front().bandwidth_Bps, 30e9);
-  const auto& hccs = builtin_profile("ascend-910b").collectives.at(CommOp::all_to_all);
+  const HardwareProfile ascend = builtin_profile("ascend-910b");
+  const auto& hccs = ascend.collectives.at(CommOp::all_to_all);
   EXPECT_LT(hccs.front().bandwidth_Bps, hccs.back().bandwidth_Bps);
   // Across nodes an AlltoAll is bound by one NIC per GPU, rings by eight.
   const HardwareProfile ib = builtin_profile("ib-cluster");

@@ -1,7 +1,9 @@
 // Tests of the model configuration, the llama2.c checkpoint reader and writer,
 // the seeded random weights, and Qwen's attention features in the reference
 // forward pass. Corrupt checkpoints are made by editing a copy of the real
-// stories260K file in a temporary directory.
+// stories260K file in a temporary directory. The bounds-checked byte readers
+// under the parsers, and the in-memory entry points that the fuzz targets
+// call, are tested here too.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +15,8 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <limits>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,6 +26,7 @@
 #include "flashcomm/engine.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/model.hpp"
+#include "model/byte_reader.hpp"
 #include "test_support.hpp"
 
 namespace flashcomm {
@@ -632,6 +637,93 @@ TEST(Llama2cTest, BadVersion1HeadersAreRejected) {
   bytes = v1;
   bytes[8 + 7 * 4] = 0;  // claims a separate classifier that the file lacks
   EXPECT_NE(load_error(dir, bytes).find("truncated"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------
+// Byte readers and the in-memory entry points
+
+std::span<const unsigned char> as_span(const Bytes& bytes) {
+  return {reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()};
+}
+
+TEST(ByteReaderTest, FileAndMemoryReadTheSameBytesAndRefuseTheSameRanges) {
+  test::TempDir dir("reader");
+  const std::string path = dir.file("ten.bin");
+  const Bytes ten = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9'};
+  write_bytes(path, ten);
+  detail::FileReader file(path, "checkpoint");
+  detail::MemoryReader memory(as_span(ten), path);
+  constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
+  for (detail::ByteReader* in : std::vector<detail::ByteReader*>{&file, &memory}) {
+    EXPECT_EQ(in->size(), 10);
+    EXPECT_EQ(in->name(), path);
+    char got[10] = {};
+    in->read(7, got, 3, "the tail");
+    EXPECT_EQ(std::string(got, 3), "789");
+    in->read(0, got, 10, "all");  // backwards: the file reader seeks
+    EXPECT_EQ(std::string(got, 10), "0123456789");
+    EXPECT_NO_THROW(in->read(10, got, 0, "nothing at the end"));
+    // Past the end, negative, and ranges whose end overflows int64.
+    for (const auto& range : std::vector<std::pair<std::int64_t, std::int64_t>>{
+             {8, 3}, {11, 0}, {-1, 2}, {0, -1}, {1, kMax}, {kMax, 1}, {kMax, kMax}}) {
+      const std::int64_t offset = range.first;  // a lambda cannot capture a binding in clang 14
+      const std::int64_t bytes = range.second;
+      SCOPED_TRACE(std::to_string(offset) + " + " + std::to_string(bytes));
+      const std::string message =
+          format_error_of([&] { in->read(offset, got, bytes, "a tensor"); });
+      EXPECT_NE(message.find(path), std::string::npos) << message;
+      EXPECT_NE(message.find("truncated"), std::string::npos) << message;
+      EXPECT_NE(message.find("a tensor"), std::string::npos) << message;
+      EXPECT_NE(message.find(std::to_string(offset)), std::string::npos) << message;
+    }
+  }
+}
+
+TEST(ByteReaderTest, FileReaderRefusesADirectory) {
+  test::TempDir dir("reader");
+  const std::string message = format_error_of([&] { detail::FileReader(dir.path(), "tokenizer"); });
+  EXPECT_NE(message.find(dir.path()), std::string::npos) << message;
+  EXPECT_NE(message.find("not a regular file"), std::string::npos) << message;
+}
+
+TEST(Llama2cTest, InMemoryParsingEqualsLoadingTheFile) {
+  for (const std::string& path : {test::stories_checkpoint(), test::stories_checkpoint_v1()}) {
+    SCOPED_TRACE(path);
+    const Bytes bytes = read_bytes(path);
+    detail::MemoryReader in(as_span(bytes), "in memory");
+    expect_same_config(detail::read_llama2c_config(in), read_llama2c_config(path));
+    expect_same_weights(detail::load_llama2c(in), load_llama2c(path));
+
+    // A corrupt copy fails with the same message, its source named as given.
+    const Bytes cut(bytes.begin(), bytes.end() - 4);
+    detail::MemoryReader cut_in(as_span(cut), "in memory");
+    const std::string message = format_error_of([&] { detail::load_llama2c(cut_in); });
+    test::TempDir dir("model");
+    std::string file_message = load_error(dir, cut);
+    file_message.replace(file_message.find(dir.file("bad.bin")), dir.file("bad.bin").size(),
+                         "in memory");
+    EXPECT_EQ(message, file_message);
+  }
+}
+
+// The fuzz target's seeds (fuzz/corpus/llama2c_checkpoint/, written by
+// fuzz/make_seeds.cpp) stay what they claim: whole tiny models in both layouts,
+// and the real headers over no weights.
+TEST(Llama2cTest, FuzzSeedsAreTinyModelsAndTruncatedHeaders) {
+  const std::string corpus = std::string(FLASHCOMM_FUZZ_CORPUS_DIR) + "/llama2c_checkpoint/";
+  for (const char* name : {"tiny-v0-shared.bin", "tiny-v0-separate.bin", "tiny-v1-shared.bin",
+                           "tiny-v1-separate.bin"}) {
+    SCOPED_TRACE(name);
+    const ModelWeights w = load_llama2c(corpus + name);
+    EXPECT_EQ(w.config.n_layers, 2);
+    EXPECT_EQ(w.config.d_model, 8);
+    EXPECT_EQ(w.config.shared_classifier, std::string(name).find("shared") != std::string::npos);
+  }
+  for (const char* name : {"stories260K-v0-header.bin", "stories260K-v1-header.bin"}) {
+    const std::string message = format_error_of([&] { load_llama2c(corpus + name); });
+    EXPECT_NE(message.find("truncated"), std::string::npos) << message;
+    EXPECT_NE(message.find("hidden_dim 172"), std::string::npos) << message;
+  }
 }
 
 TEST(Llama2cTest, MissingFileIsAFormatErrorNamingThePath) {

@@ -11,12 +11,14 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "flashcomm/error.hpp"
 #include "flashcomm/tokenizer.hpp"
+#include "model/byte_reader.hpp"
 #include "test_support.hpp"
 
 namespace flashcomm {
@@ -310,6 +312,57 @@ TEST(TokenizerTest, BadEntriesAreRejectedNamingTheEntry) {
     write_bytes(path, tokenizer_bytes(max_len, good));
     message = format_error_of([&] { Llama2cTokenizer::load(path, 3); });
     EXPECT_NE(message.find("max_token_length"), std::string::npos) << message;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The in-memory entry point of the fuzz target
+
+std::span<const unsigned char> as_span(const Bytes& bytes, size_t from = 0) {
+  return {reinterpret_cast<const unsigned char*>(bytes.data()) + from, bytes.size() - from};
+}
+
+void expect_same_vocabulary(const Llama2cTokenizer& a, const Llama2cTokenizer& b) {
+  ASSERT_EQ(a.vocab_size(), b.vocab_size());
+  for (int id = 0; id < a.vocab_size(); ++id) {
+    EXPECT_EQ(a.piece(id), b.piece(id)) << id;
+  }
+  for (const std::string& text : kSentences) {
+    EXPECT_EQ(a.encode(text, true), b.encode(text, true)) << text;
+  }
+}
+
+TEST(TokenizerTest, InMemoryParsingEqualsLoadingTheFile) {
+  const Bytes bytes = read_bytes(test::stories_tokenizer());
+  detail::MemoryReader in(as_span(bytes), "in memory");
+  expect_same_vocabulary(detail::load_llama2c_tokenizer(in, kStoriesVocab), stories());
+
+  const Bytes cut(bytes.begin(), bytes.end() - 1);
+  detail::MemoryReader cut_in(as_span(cut), "in memory");
+  const std::string message =
+      format_error_of([&] { detail::load_llama2c_tokenizer(cut_in, kStoriesVocab); });
+  EXPECT_EQ(message.rfind("in memory: truncated", 0), 0U) << message;
+  EXPECT_NE(message.find("entry 511"), std::string::npos) << message;
+}
+
+// The fuzz target's seeds (fuzz/corpus/llama2c_tokenizer/, written by
+// fuzz/make_seeds.cpp): vocab_size as a little-endian uint16, then a tokenizer
+// file cut from tok512.bin.
+TEST(TokenizerTest, FuzzSeedsAreCutsOfTheRealVocabulary) {
+  const Llama2cTokenizer full = stories();
+  const std::string corpus = std::string(FLASHCOMM_FUZZ_CORPUS_DIR) + "/llama2c_tokenizer/";
+  for (const auto& [name, vocab_size] : std::vector<std::pair<std::string, int>>{
+           {"tok512-first8.bin", 8}, {"tok512-no-space.bin", 300}, {"tok512-trimmed.bin", 360}}) {
+    SCOPED_TRACE(name);
+    const Bytes seed = read_bytes(corpus + name);
+    ASSERT_GE(seed.size(), 2U);
+    EXPECT_EQ(static_cast<unsigned char>(seed[0]) | (static_cast<unsigned char>(seed[1]) << 8),
+              vocab_size);
+    detail::MemoryReader in(as_span(seed, 2), name);
+    const Llama2cTokenizer tok = detail::load_llama2c_tokenizer(in, vocab_size);
+    for (int id = 0; id < std::min(vocab_size, 300); ++id) {
+      EXPECT_EQ(tok.piece(id), full.piece(id)) << id;
+    }
   }
 }
 

@@ -70,8 +70,10 @@ void quiet_barrier(MPI_Comm comm);
 // the cores as a TP group of that size does; collective over `world`.
 HardwareProfile with_compute_rates_of(MPI_Comm world, HardwareProfile profile, int ranks);
 
-// The floor of one layer under `profile`: arithmetic at gemm_flops plus every
-// collective's bytes at its fitted bandwidth, no latency, no memory traffic.
+// The floor of one layer under `profile`: arithmetic at the fastest measured
+// GEMM rate (gemm_flops or any of gemm_flops_by_rows) plus every collective's
+// bytes at its fitted bandwidth, no latency, no memory traffic; never above
+// predict_layer's total.
 double layer_floor(const LayerCost& cost, const HardwareProfile& profile,
                    const ParallelConfig& parallel);
 

@@ -25,6 +25,14 @@ class SentencePieceProcessor;
 
 namespace flashcomm {
 
+class Llama2cTokenizer;
+
+namespace detail {
+class ByteReader;
+// The parser behind Tokenizer::load, on any bytes (src/model/byte_reader.hpp).
+Llama2cTokenizer load_llama2c_tokenizer(ByteReader& file, int vocab_size);
+}  // namespace detail
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -92,6 +100,8 @@ class Llama2cTokenizer final : public Tokenizer {
   const std::string& piece(int token) const { return pieces_.at(static_cast<size_t>(token)); }
 
  private:
+  friend Llama2cTokenizer detail::load_llama2c_tokenizer(detail::ByteReader& file, int vocab_size);
+
   int lookup(std::string_view piece) const;  // -1 when absent
 
   std::vector<std::string> pieces_;

@@ -5,9 +5,8 @@
 // in file order (tensors_in_file_order) serves the reader and the writer, so
 // the two cannot drift apart. Nothing read from a file is trusted: the header
 // is validated and the exact file size it implies is compared with the real
-// one before a single weight buffer is allocated.
-#include <sys/stat.h>
-
+// one before a single weight buffer is allocated. Every byte is read through a
+// bounds-checked ByteReader (byte_reader.hpp): a file here, memory in fuzz/.
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -22,6 +21,7 @@
 
 #include "flashcomm/error.hpp"
 #include "flashcomm/model.hpp"
+#include "model/byte_reader.hpp"
 
 namespace flashcomm {
 
@@ -120,51 +120,6 @@ std::int64_t checkpoint_bytes(const ModelConfig& config, int version) {
 // ---------------------------------------------------------------------------
 // Reading.
 
-struct FileCloser {
-  void operator()(std::FILE* f) const { std::fclose(f); }
-};
-using File = std::unique_ptr<std::FILE, FileCloser>;
-
-class InputFile {
- public:
-  explicit InputFile(const std::string& path) : path_(path), file_(std::fopen(path.c_str(), "rb")) {
-    if (!file_) {
-      throw FormatError(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
-    }
-    struct stat info {};
-    if (fstat(fileno(file_.get()), &info) != 0) {
-      throw FormatError(fmt::format("{}: cannot stat: {}", path, std::strerror(errno)));
-    }
-    if (!S_ISREG(info.st_mode)) {
-      throw FormatError(fmt::format("{}: not a regular file", path));
-    }
-    size_ = static_cast<std::int64_t>(info.st_size);
-  }
-
-  const std::string& path() const { return path_; }
-  std::int64_t size() const { return size_; }
-
-  void read(void* dst, std::int64_t bytes, const std::string& what) {
-    if (std::fread(dst, 1, static_cast<size_t>(bytes), file_.get()) != static_cast<size_t>(bytes)) {
-      throw FormatError(fmt::format(
-          "{}: cannot read {} ({} bytes): {}", path_, what, bytes,
-          std::ferror(file_.get()) != 0 ? std::strerror(errno) : "unexpected end of file"));
-    }
-  }
-
-  void seek(std::int64_t offset, int whence, const std::string& what) {
-    if (fseeko(file_.get(), static_cast<off_t>(offset), whence) != 0) {
-      throw FormatError(
-          fmt::format("{}: cannot seek to {}: {}", path_, what, std::strerror(errno)));
-    }
-  }
-
- private:
-  std::string path_;
-  File file_;
-  std::int64_t size_ = 0;
-};
-
 std::int32_t int32_at(const unsigned char* bytes, std::int64_t offset) {
   std::int32_t value = 0;
   std::memcpy(&value, bytes + offset, sizeof(value));
@@ -207,16 +162,16 @@ ModelConfig config_from_params(const unsigned char* p, bool vocab_sign_is_sharin
   return c;
 }
 
-Header read_header(InputFile& in) {
-  const std::string& path = in.path();
+Header read_header(detail::ByteReader& in) {
+  const std::string& path = in.name();
   if (in.size() < 4) {
     throw FormatError(fmt::format(
         "{}: truncated: the file is {} bytes, too short for a llama2.c checkpoint header", path,
         in.size()));
   }
-  // Read as much as the longer header needs; the caller seeks to the first tensor.
+  // Read as much as the longer header needs.
   unsigned char bytes[kV1HeaderBytes] = {};
-  in.read(bytes, std::min(in.size(), kV1HeaderBytes), "the header");
+  in.read(0, bytes, std::min(in.size(), kV1HeaderBytes), "the header");
   std::uint32_t magic = 0;
   std::memcpy(&magic, bytes, sizeof(magic));
 
@@ -270,10 +225,9 @@ Header read_header(InputFile& in) {
   return header;
 }
 
-// Opens a checkpoint and validates its header and its exact size.
-Header open_checkpoint(InputFile& in) {
+// Validates a checkpoint's header and its exact size.
+Header open_checkpoint(detail::ByteReader& in) {
   Header header = read_header(in);
-  in.seek(header.version == 0 ? kLegacyHeaderBytes : kV1HeaderBytes, SEEK_SET, "the first tensor");
   const std::int64_t expected = checkpoint_bytes(header.config, header.version);
   if (in.size() != expected) {
     const ModelConfig& c = header.config;
@@ -281,7 +235,7 @@ Header open_checkpoint(InputFile& in) {
         "{}: {}: the file is {} bytes, expected {} for a version {} checkpoint with dim {}, "
         "hidden_dim {}, n_layers {}, n_heads {}, n_kv_heads {}, vocab_size {}, seq_len {}, {} "
         "classifier",
-        in.path(),
+        in.name(),
         in.size() < expected ? "truncated" : fmt::format("{} extra bytes", in.size() - expected),
         in.size(), expected, header.version, c.d_model, c.hidden_dim, c.n_layers, c.n_heads,
         c.n_kv_heads, c.vocab_size, c.seq_len, c.shared_classifier ? "shared" : "separate"));
@@ -291,6 +245,10 @@ Header open_checkpoint(InputFile& in) {
 
 // ---------------------------------------------------------------------------
 // Writing.
+
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
 
 class OutputFile {
  public:
@@ -316,7 +274,7 @@ class OutputFile {
 
  private:
   std::string path_;
-  File file_;
+  std::unique_ptr<std::FILE, FileCloser> file_;
 };
 
 // The RoPE table of the legacy layout, [seq_len, head_dim/2], computed in
@@ -368,28 +326,36 @@ void check_savable(const ModelWeights& weights, const std::string& path, int ver
 
 }  // namespace
 
-ModelConfig read_llama2c_config(const std::string& path) {
-  InputFile in(path);
+ModelConfig detail::read_llama2c_config(ByteReader& in) {
   return open_checkpoint(in).config;
 }
 
-ModelWeights load_llama2c(const std::string& path) {
-  InputFile in(path);
+ModelWeights detail::load_llama2c(ByteReader& in) {
   const Header header = open_checkpoint(in);
 
   ModelWeights weights;
   weights.config = header.config;
   weights.layers.resize(static_cast<size_t>(header.config.n_layers));
+  std::int64_t offset = header.version == 0 ? kLegacyHeaderBytes : kV1HeaderBytes;
   for (const auto& slot : tensors_in_file_order(weights, header.version)) {
     const std::int64_t bytes = slot.floats * 4;
-    if (slot.tensor == nullptr) {
-      in.seek(bytes, SEEK_CUR, "the end of " + slot.name);
-      continue;
+    if (slot.tensor != nullptr) {
+      slot.tensor->resize(static_cast<size_t>(slot.floats));
+      in.read(offset, slot.tensor->data(), bytes, slot.name);
     }
-    slot.tensor->resize(static_cast<size_t>(slot.floats));
-    in.read(slot.tensor->data(), bytes, slot.name);
+    offset += bytes;
   }
   return weights;
+}
+
+ModelConfig read_llama2c_config(const std::string& path) {
+  detail::FileReader in(path, "checkpoint");
+  return detail::read_llama2c_config(in);
+}
+
+ModelWeights load_llama2c(const std::string& path) {
+  detail::FileReader in(path, "checkpoint");
+  return detail::load_llama2c(in);
 }
 
 void save_llama2c(const ModelWeights& weights, const std::string& path, int version) {

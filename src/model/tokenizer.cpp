@@ -6,20 +6,15 @@
 // against the file's real size before it is used.
 #include "flashcomm/tokenizer.hpp"
 
-#include <sys/stat.h>
 #include <algorithm>
-
-#include <cerrno>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
-#include <memory>
 #include <string>
 #include <utility>
 
 #include "flashcomm/error.hpp"
+#include "model/byte_reader.hpp"
 
 namespace flashcomm {
 
@@ -28,34 +23,17 @@ namespace {
 constexpr std::int32_t kMaxTokenLength = 1 << 16;
 constexpr int kFirstByteToken = 3;  // <0x00>; ids 0..2 are <unk>, <s>, </s>
 
-struct FileCloser {
-  void operator()(std::FILE* f) const { std::fclose(f); }
-};
-
-// Sequential reads that know how many bytes remain, so that no length field
-// from the file is used before it is known to fit.
-class TokenizerFile {
+// Sequential reads through a ByteReader that know how many bytes remain, so
+// that no length field from the file is used before it is known to fit.
+class Cursor {
  public:
-  explicit TokenizerFile(const std::string& path)
-      : path_(path), file_(std::fopen(path.c_str(), "rb")) {
-    if (!file_) {
-      throw FormatError(fmt::format("{}: cannot open tokenizer: {}", path, std::strerror(errno)));
-    }
-    struct stat info {};
-    if (fstat(fileno(file_.get()), &info) != 0 || !S_ISREG(info.st_mode)) {
-      throw FormatError(fmt::format("{}: not a readable regular file", path));
-    }
-    remaining_ = static_cast<std::int64_t>(info.st_size);
-  }
+  explicit Cursor(detail::ByteReader& in) : in_(in) {}
 
-  std::int64_t remaining() const { return remaining_; }
+  std::int64_t remaining() const { return in_.size() - offset_; }
 
   void read(void* dst, std::int64_t bytes, const std::string& what) {
-    if (bytes > remaining_ ||
-        std::fread(dst, 1, static_cast<size_t>(bytes), file_.get()) != static_cast<size_t>(bytes)) {
-      throw FormatError(fmt::format("{}: truncated tokenizer: cannot read {}", path_, what));
-    }
-    remaining_ -= bytes;
+    in_.read(offset_, dst, bytes, what);
+    offset_ += bytes;
   }
 
   template <typename T>
@@ -66,9 +44,8 @@ class TokenizerFile {
   }
 
  private:
-  std::string path_;
-  std::unique_ptr<std::FILE, FileCloser> file_;
-  std::int64_t remaining_ = 0;
+  detail::ByteReader& in_;
+  std::int64_t offset_ = 0;
 };
 
 // The byte of a piece spelled "<0xHH>", or -1.
@@ -97,11 +74,17 @@ int byte_piece_value(const std::string& piece) {
 }  // namespace
 
 Llama2cTokenizer Llama2cTokenizer::load(const std::string& path, int vocab_size) {
+  detail::FileReader file(path, "tokenizer");
+  return detail::load_llama2c_tokenizer(file, vocab_size);
+}
+
+Llama2cTokenizer detail::load_llama2c_tokenizer(ByteReader& file, int vocab_size) {
+  const std::string& path = file.name();
   if (vocab_size <= 0) {
     throw ConfigError(
         fmt::format("{}: tokenizer vocab_size is {}, expected a positive value", path, vocab_size));
   }
-  TokenizerFile in(path);
+  Cursor in(file);
   const auto max_len = in.read_value<std::int32_t>("max_token_length");
   if (max_len <= 0 || max_len > kMaxTokenLength) {
     throw FormatError(
