@@ -28,7 +28,7 @@ constexpr std::string_view kTexts[] = {
     "broken \xFF\xFE utf-8 \x80\xC3",
 };
 
-void use(const flashcomm::Tokenizer& tok) {
+void use(const flashcomm::Llama2cTokenizer& tok) {
   const int longest = tok.max_piece_bytes();
   check(longest >= 1, "max_piece_bytes() >= 1");
   for (int id = 0; id < tok.vocab_size(); ++id) {
@@ -41,8 +41,8 @@ void use(const flashcomm::Tokenizer& tok) {
         continue;  // e.g. no " " piece or no byte token for a byte: a FormatError
       }
       check(!tokens.empty(), "a non-empty text encodes to tokens");
-      check(!bos || tokens[0] == flashcomm::Tokenizer::kBos, "BOS first when asked");
-      int prev = flashcomm::Tokenizer::kBos;
+      check(!bos || tokens[0] == flashcomm::Llama2cTokenizer::kBos, "BOS first when asked");
+      int prev = flashcomm::Llama2cTokenizer::kBos;
       for (const int t : tokens) {
         check(t >= 0 && t < tok.vocab_size(), "encode gives ids inside the vocabulary");
         check(error_of([&] { tok.decode(prev, t); }).empty(), "every encoded id decodes");

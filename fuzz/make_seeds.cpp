@@ -98,7 +98,8 @@ ModelWeights tiny_model(const ModelWeights& full, bool shared) {
 // The tokenizer fuzz input: vocab_size as a little-endian uint16, then the
 // real file's 4-byte header and its entries {score, length, bytes} with ids
 // in [first, last) of each range, in order.
-std::vector<char> tokenizer_seed(const std::vector<char>& file, const flashcomm::Tokenizer& tok,
+std::vector<char> tokenizer_seed(const std::vector<char>& file,
+                                 const flashcomm::Llama2cTokenizer& tok,
                                  const std::vector<std::pair<int, int>>& ranges) {
   std::vector<size_t> offsets = {4};  // offsets[id]: where entry id starts
   for (int id = 0; id < tok.vocab_size(); ++id) {

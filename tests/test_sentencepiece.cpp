@@ -427,5 +427,24 @@ TEST(TokenizerFormatTest, CorruptedModelsLoadOrAreFormatErrors) {
   RecordProperty("loaded", loaded);
 }
 
+// Found by the fuzz target: a model with an empty piece makes a dependency of
+// libsentencepiece throw its own exception from the load; it is a bad file
+// (FormatError, exit code 3) like any other.
+TEST(TokenizerFormatTest, AnExceptionInsideTheLibraryIsAFormatError) {
+  const std::string path =
+      std::string(FLASHCOMM_FUZZ_CORPUS_DIR) + "/sentencepiece/regression-zero-length-piece.model";
+  std::ifstream in(path, std::ios::binary);
+  ASSERT_TRUE(in) << path;
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  try {
+    SentencePieceTokenizer::from_bytes(bytes, "regression.model");
+    FAIL() << "the model loaded";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("regression.model: libsentencepiece cannot load"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace flashcomm

@@ -78,6 +78,6 @@ class MemoryReader final : public ByteReader {
 // (llama2c.cpp, tokenizer.cpp), with the same checks and messages.
 ModelConfig read_llama2c_config(ByteReader& in);
 ModelWeights load_llama2c(ByteReader& in);
-Tokenizer load_tokenizer(ByteReader& in, int vocab_size);
+// (detail::load_llama2c_tokenizer is declared in flashcomm/tokenizer.hpp.)
 
 }  // namespace flashcomm::detail

@@ -2,6 +2,7 @@
 // library encodes; decoding one token at a time follows the library's own
 // whole-text decoding, so streamed output equals it.
 #include <sentencepiece_processor.h>
+#include <exception>
 
 #include <algorithm>
 #include <string>
@@ -70,7 +71,16 @@ SentencePieceTokenizer SentencePieceTokenizer::from_bytes(std::string_view bytes
     throw FormatError(fmt::format("{}: not a complete SentencePiece model: {}", path, why));
   }
   SentencePieceTokenizer tok;
-  const sentencepiece::util::Status status = tok.sp_->LoadFromSerializedProto(bytes);
+  // Besides its Status, the library lets exceptions of its dependencies out
+  // on some corrupt models (darts_clone: "failed to insert key: zero-length
+  // key"); they are a bad file too.
+  sentencepiece::util::Status status;
+  try {
+    status = tok.sp_->LoadFromSerializedProto(bytes);
+  } catch (const std::exception& e) {
+    throw FormatError(
+        fmt::format("{}: libsentencepiece cannot load the model: {}", path, e.what()));
+  }
   if (!status.ok()) {
     throw FormatError(
         fmt::format("{}: libsentencepiece cannot load the model: {}", path, status.ToString()));
