@@ -4,6 +4,7 @@
 // source of truth: a row without a case here, or a case without a row, fails.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -151,6 +152,13 @@ void write_raw(const std::string& path, const std::string& bytes) {
   write_bytes(path, {bytes.begin(), bytes.end()});
 }
 
+// A named pipe at `path`: opening it to read would block without a writer.
+void make_fifo(const std::string& path) {
+  if (mkfifo(path.c_str(), 0600) != 0) {
+    throw std::runtime_error("mkfifo failed for " + path);
+  }
+}
+
 std::vector<char> truncated(const std::string& path, std::size_t size) {
   std::vector<char> bytes = read_bytes(path);
   bytes.resize(size);
@@ -283,6 +291,25 @@ const std::map<std::string, Case>& cases() {
       {"plan-tokens",
        [](const TempDir&) {
          return std::string("plan --model llama-3-8b --hardware h100-sxm --tp 2 --tokens 512,abc");
+       }},
+      {"hf-config-deep", hf_case([](HfFiles& f) {
+         write_raw(f.dir + "/config.json", std::string(100000, '[') + std::string(100000, ']'));
+         f.config = nullptr;
+       })},
+      {"hf-config-symlink-loop", hf_case([](HfFiles& f) {
+         std::filesystem::remove(f.dir + "/config.json");
+         std::filesystem::create_symlink("config.json", f.dir + "/config.json");
+         f.config = nullptr;
+       })},
+      {"hf-safetensors-fifo", hf_case([](HfFiles& f) {
+         std::filesystem::remove(f.dir + "/model.safetensors");
+         make_fifo(f.dir + "/model.safetensors");
+         f.header = nullptr;
+       })},
+      {"model-fifo",
+       [](const TempDir& dir) {
+         make_fifo(dir.file("model.fifo"));
+         return run_args(dir.file("model.fifo"), test::stories_tokenizer(), "");
        }},
       {"tokenizer-vocab-mismatch",
        [](const TempDir& dir) {

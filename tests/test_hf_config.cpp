@@ -212,5 +212,33 @@ TEST(HfConfig, BadJsonIsRefused) {
   expect_refused(std::string("{\"model_type\": \"ll\xff\"}"), {"not valid JSON"});
 }
 
+// Newer transformers configs keep RoPE's settings in rope_parameters: its
+// theta counts when the top level has none, a scaling type is refused.
+TEST(HfConfig, RopeParametersGiveThetaAndScalingIsRefused) {
+  const json params = {{"rope_type", "default"}, {"rope_theta", 500000.0}};
+  EXPECT_EQ(parse(with(without(llama_config(), "rope_theta"), "rope_parameters", params))
+                .model.rope_theta,
+            500000.0F);
+  EXPECT_EQ(parse(with(llama_config(), "rope_parameters", params)).model.rope_theta, 10000.0F)
+      << "the top-level rope_theta wins";
+  expect_refused(with(llama_config(), "rope_parameters", {{"rope_type", "llama3"}, {"factor", 8}}),
+                 {"rope_parameters is", "RoPE scaling (\"llama3\") is not implemented"});
+  expect_refused(with(llama_config(), "rope_parameters", 3), {"rope_parameters is 3"});
+}
+
+// Nesting beyond any real config is refused before it is dumped or destroyed
+// recursively (which would overflow the stack).
+TEST(HfConfig, DeepNestingIsRefused) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  try {
+    parse_hf_config(deep, "dir/config.json");
+    FAIL() << "a deeply nested config parsed";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("dir/config.json: the JSON nests deeper than 64 levels"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace flashcomm

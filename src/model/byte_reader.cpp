@@ -25,8 +25,22 @@ void ByteReader::read(std::int64_t offset, void* dst, std::int64_t bytes, const 
   }
 }
 
+namespace {
+
+// Refuses what is not a regular file before it is opened: opening a FIFO
+// for reading would block until a writer comes, which may be never.
+const std::string& regular_file(const std::string& path, const char* kind) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) == 0 && !S_ISREG(info.st_mode)) {
+    throw FormatError(fmt::format("{}: the {} is not a regular file", path, kind));
+  }
+  return path;
+}
+
+}  // namespace
+
 FileReader::FileReader(const std::string& path, const char* kind)
-    : ByteReader(path), file_(std::fopen(path.c_str(), "rb")) {
+    : ByteReader(path), file_(std::fopen(regular_file(path, kind).c_str(), "rb")) {
   if (!file_) {
     throw FormatError(fmt::format("{}: cannot open {}: {}", path, kind, std::strerror(errno)));
   }

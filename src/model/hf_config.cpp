@@ -15,6 +15,7 @@
 #include "flashcomm/error.hpp"
 #include "flashcomm/hf.hpp"
 #include "flashcomm/log.hpp"
+#include "model/untrusted_json.hpp"
 
 namespace flashcomm {
 
@@ -156,7 +157,7 @@ const char* hf_supported_model_types() {
 HfConfig parse_hf_config(std::string_view json_text, const std::string& source) {
   json doc;
   try {
-    doc = json::parse(json_text.begin(), json_text.end());
+    doc = detail::parse_untrusted_json(json_text, source);
   } catch (const json::exception& e) {
     throw FormatError(fmt::format("{}: not valid JSON: {}", source, e.what()));
   }
@@ -234,6 +235,27 @@ HfConfig parse_hf_config(std::string_view json_text, const std::string& source) 
       throw FormatError(
           fmt::format("{}: rope_scaling is {}, expected null: RoPE scaling ({}) is not implemented",
                       source, shown(s), kind.empty() ? "of an unknown type" : "\"" + kind + "\""));
+    }
+  }
+  // Newer transformers releases keep RoPE's settings in rope_parameters
+  // instead: its theta counts when the top level has none, and any type but
+  // the default is scaling, refused as above.
+  if (f.present("rope_parameters")) {
+    const json& r = f.value("rope_parameters");
+    if (!r.is_object()) {
+      f.fail("rope_parameters", "an object");
+    }
+    const json kind = r.contains("rope_type") ? r["rope_type"] : json("default");
+    if (kind != "default") {
+      throw FormatError(fmt::format(
+          "{}: rope_parameters is {}, expected rope_type \"default\": RoPE scaling ({}) is not "
+          "implemented",
+          source, shown(r), shown(kind)));
+    }
+    if (!f.present("rope_theta") && r.contains("rope_theta")) {
+      const std::string where = source + " rope_parameters";
+      const Fields inner(r, where);
+      c.rope_theta = static_cast<float>(inner.positive_number("rope_theta", 10000.0));
     }
   }
   if (f.present("partial_rotary_factor") &&

@@ -16,6 +16,7 @@
 #include "flashcomm/hf.hpp"
 #include "flashcomm/log.hpp"
 #include "model/hf_layout.hpp"
+#include "model/untrusted_json.hpp"
 
 namespace flashcomm {
 
@@ -28,6 +29,17 @@ constexpr std::uint64_t kMaxConfigBytes = std::uint64_t{16} << 20;
 constexpr std::uint64_t kMaxIndexBytes = std::uint64_t{100} << 20;
 
 // A small text file (config.json, the index), read whole.
+// Whether `path` exists; a path that cannot be looked at (a symbolic-link
+// loop, a directory without search permission) is a bad checkpoint, named.
+bool path_exists(const fs::path& path) {
+  std::error_code error;
+  const bool found = fs::exists(path, error);
+  if (error) {
+    throw FormatError(fmt::format("{}: cannot look at it: {}", path.string(), error.message()));
+  }
+  return found;
+}
+
 std::string read_text(const std::string& path, std::uint64_t max_bytes) {
   const MappedFile file(path);
   if (file.size() > max_bytes) {
@@ -85,13 +97,13 @@ void HfSource::Impl::open_files() {
   std::map<std::string, std::string> weight_map;  // tensor -> file name, from the index
   std::vector<std::string> names;
   // As transformers does, a single file wins over an index beside it.
-  if (fs::exists(single)) {
+  if (path_exists(single)) {
     names.push_back(single.filename().string());
-  } else if (fs::exists(index)) {
+  } else if (path_exists(index)) {
     const std::string path = index.string();
     json doc;
     try {
-      doc = json::parse(read_text(path, kMaxIndexBytes));
+      doc = detail::parse_untrusted_json(read_text(path, kMaxIndexBytes), path);
     } catch (const json::exception& e) {
       throw FormatError(fmt::format("{}: not valid JSON: {}", path, e.what()));
     }
@@ -199,11 +211,13 @@ void HfSource::Impl::check_and_bind() {
 HfSource::HfSource(const std::string& dir) : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   m.dir = dir;
-  if (!fs::is_directory(dir)) {
-    throw FormatError(fmt::format("{}: not a directory (an HF checkpoint is a directory)", dir));
+  std::error_code error;
+  if (!fs::is_directory(dir, error)) {
+    throw FormatError(fmt::format("{}: not a directory (an HF checkpoint is a directory){}", dir,
+                                  error ? ": " + error.message() : std::string()));
   }
   const std::string config_path = (fs::path(dir) / "config.json").string();
-  if (!fs::exists(config_path)) {
+  if (!path_exists(config_path)) {
     throw FormatError(fmt::format(
         "{}: no config.json (an HF checkpoint directory holds config.json and model.safetensors)",
         dir));

@@ -20,6 +20,7 @@
 
 #include "flashcomm/error.hpp"
 #include "flashcomm/log.hpp"
+#include "model/untrusted_json.hpp"
 
 namespace flashcomm {
 
@@ -342,7 +343,7 @@ SafetensorsHeader parse_safetensors_header(std::string_view header_json, std::ui
 
   json doc;
   try {
-    doc = json::parse(header_json.begin(), header_json.end());
+    doc = detail::parse_untrusted_json(header_json, source);
   } catch (const json::exception& e) {
     throw FormatError(fmt::format("{}: the header is not valid JSON: {}", source, e.what()));
   }
@@ -394,7 +395,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
         ::close(fd);
       }
     }
-  } file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  } file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};  // a FIFO must not block
   if (file.fd < 0) {
     throw FormatError(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
   }
