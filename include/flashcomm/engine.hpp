@@ -142,7 +142,8 @@ double max_relative_error(const std::vector<float>& got, const std::vector<float
 // reference kernels. Defines what every scheme must compute.
 class ReferenceModel {
  public:
-  explicit ReferenceModel(const ModelWeights& weights);
+  // The KV cache holds `context` tokens (0: the model's seq_len).
+  explicit ReferenceModel(const ModelWeights& weights, int context = 0);
   void reset() { position_ = 0; }
   // Logits [vocab_size] of `token` at the next position.
   std::vector<float> step(int token);
@@ -153,6 +154,7 @@ class ReferenceModel {
   const ModelWeights& w_;
   std::vector<std::vector<float>> k_cache_;
   std::vector<std::vector<float>> v_cache_;
+  int context_ = 0;
   int position_ = 0;
 };
 

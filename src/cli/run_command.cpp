@@ -198,7 +198,7 @@ json serve(const RunOptions& opt, const Prepared& prep, Checkpoint& checkpoint,
                    {"decode_seconds", g.decode_seconds}};
     if (opt.check && place.tp_rank == 0) {
       // The unsharded pass needs every weight: only the ranks that check hold them.
-      ReferenceModel reference(checkpoint.full_weights());
+      ReferenceModel reference(checkpoint.full_weights(), prep.context);
       const std::vector<float> expected = reference.last_logits(r.prompt_tokens);
       const double err = max_relative_error(g.prefill_logits, expected);
       result["check"] = {{"max_rel_err", err}};

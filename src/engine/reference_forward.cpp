@@ -30,10 +30,13 @@ double max_relative_error(const std::vector<float>& got, const std::vector<float
   return scale > 0.0 ? diff / scale : diff;
 }
 
-ReferenceModel::ReferenceModel(const ModelWeights& weights) : w_(weights) {
+ReferenceModel::ReferenceModel(const ModelWeights& weights, int context) : w_(weights) {
   check_weights(w_, "reference model");
   const ModelConfig& c = w_.config;
-  const size_t cache = static_cast<size_t>(c.seq_len) * c.kv_dim();
+  FC_ASSERT(context >= 0 && context <= c.seq_len, "context {} of a model with seq_len {}", context,
+            c.seq_len);
+  context_ = context == 0 ? c.seq_len : context;
+  const size_t cache = static_cast<size_t>(context_) * c.kv_dim();
   k_cache_.assign(static_cast<size_t>(c.n_layers), std::vector<float>(cache, 0.0F));
   v_cache_.assign(static_cast<size_t>(c.n_layers), std::vector<float>(cache, 0.0F));
 }
@@ -50,7 +53,7 @@ std::vector<float> ReferenceModel::last_logits(const std::vector<int>& tokens) {
 
 std::vector<float> ReferenceModel::step(int token) {
   const ModelConfig& c = w_.config;
-  FC_ASSERT(position_ < c.seq_len, "position {} beyond context {}", position_, c.seq_len);
+  FC_ASSERT(position_ < context_, "position {} beyond context {}", position_, context_);
   FC_ASSERT(token >= 0 && token < c.vocab_size, "token {} of {}", token, c.vocab_size);
   const int d = c.d_model;
   const int pos = position_;
