@@ -53,10 +53,12 @@ TEST(Conversions, EveryF16ValueWidensExactly) {
       EXPECT_EQ(static_cast<double>(got), want) << std::hex << h;
       EXPECT_EQ(std::signbit(got), (h & 0x8000U) != 0) << std::hex << h;
     }
+#ifdef __FLT16_MANT_DIG__  // GCC has _Float16 here; clang 14 (the sanitizer build) does not
     // The compiler's own half type agrees bit for bit (NaN payloads included).
     _Float16 native;
     std::memcpy(&native, &h16, sizeof(native));
     EXPECT_EQ(bits(got), bits(static_cast<float>(native))) << std::hex << h;
+#endif
   }
 }
 
@@ -95,6 +97,9 @@ TEST(Conversions, F32ToF16RoundsToNearestEven) {
 }
 
 TEST(Conversions, F32ToF16AgreesWithTheCompilerOnASweep) {
+#ifndef __FLT16_MANT_DIG__
+  GTEST_SKIP() << "this compiler has no _Float16 (the GCC build runs this test)";
+#else
   // Every 251st float32 bit pattern, both signs, NaNs aside.
   for (std::uint64_t x = 0; x <= 0xFFFFFFFFULL; x += 251) {
     const float f = std::bit_cast<float>(static_cast<std::uint32_t>(x));
@@ -106,6 +111,7 @@ TEST(Conversions, F32ToF16AgreesWithTheCompilerOnASweep) {
     std::memcpy(&want, &native, sizeof(want));
     ASSERT_EQ(f32_to_f16(f), want) << std::hex << x;
   }
+#endif
 }
 
 TEST(Conversions, BF16IsTheTopHalfRoundedToNearestEven) {
