@@ -17,9 +17,9 @@ debug_flags="-O0 -gline-tables-only -D_GLIBCXX_ASSERTIONS"
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
   -DCMAKE_CXX_FLAGS_DEBUG="$debug_flags" -DCMAKE_CXX_FLAGS="$sanitize" \
   -DCMAKE_EXE_LINKER_FLAGS="$sanitize" -DCMAKE_SHARED_LINKER_FLAGS="$sanitize" >/dev/null
-echo "test-sanitizers: building in $build"
-cmake --build "$build" --parallel "$(nproc)"
-
+# The sanitizer settings come before the build: test discovery runs the test
+# binaries (some with an MPI main) as they are linked.
+mkdir -p "$build"
 supp="$root/scripts/sanitizers"
 # OpenMPI unloads its plugins in MPI_Finalize; keeping them loaded lets
 # LeakSanitizer name them, so that lsan.supp can match them (keep_loaded.c).
@@ -28,5 +28,8 @@ export LD_PRELOAD="$build/keep_loaded.so"
 export ASAN_OPTIONS="detect_leaks=1:detect_stack_use_after_return=1:strict_init_order=1:check_initialization_order=1"
 export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+echo "test-sanitizers: building in $build"
+cmake --build "$build" --parallel "$(nproc)"
+
 cd "$build"
 ctest --output-on-failure --parallel "$(nproc)" --timeout 900
