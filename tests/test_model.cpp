@@ -51,18 +51,7 @@ void set_int32(Bytes& bytes, size_t offset, std::int32_t value) {
 
 // The message of the FormatError that `f` throws; fails the test when it
 // throws nothing or something else.
-std::string format_error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const FormatError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected FormatError, got: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected FormatError, nothing was thrown";
-  return {};
-}
+using test::format_error_of;
 
 // Bitwise equality, so that -0.0 vs 0.0 or a changed NaN payload is caught.
 void expect_bits_equal(const std::vector<float>& a, const std::vector<float>& b,

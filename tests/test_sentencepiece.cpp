@@ -69,18 +69,7 @@ std::string streamed(const Tokenizer& tok, const std::vector<int>& ids) {
   return text;
 }
 
-std::string format_error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const FormatError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected FormatError, got: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected FormatError, nothing was thrown";
-  return {};
-}
+using test::format_error_of;
 
 std::vector<std::string> texts() {
   std::vector<std::string> all = {

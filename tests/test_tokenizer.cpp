@@ -58,18 +58,7 @@ Bytes tokenizer_bytes(std::int32_t max_len, const std::vector<std::pair<std::str
   return bytes;
 }
 
-std::string format_error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const FormatError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected FormatError, got: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected FormatError, nothing was thrown";
-  return {};
-}
+using test::format_error_of;
 
 Llama2cTokenizer stories() {
   return Llama2cTokenizer::load(test::stories_tokenizer(), kStoriesVocab);

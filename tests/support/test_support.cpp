@@ -1,5 +1,7 @@
 #include "test_support.hpp"
 
+#include "flashcomm/error.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -13,6 +15,7 @@
 #include <sys/wait.h>
 
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 namespace flashcomm::test {
 
@@ -65,6 +68,19 @@ size_t count(const std::string& haystack, const std::string& needle) {
     ++n;
   }
   return n;
+}
+
+std::string format_error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const FormatError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected FormatError, got: " << e.what();
+    return {};
+  }
+  ADD_FAILURE() << "expected FormatError, nothing was thrown";
+  return {};
 }
 
 std::string quote(const std::string& s) {

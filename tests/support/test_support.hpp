@@ -1,6 +1,7 @@
 // Shared helpers of the test suite.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,10 @@ Outcome shell(const std::string& command, int timeout_s = 180, const std::string
 
 // Occurrences of `needle` in `haystack` (a message must appear exactly once).
 size_t count(const std::string& haystack, const std::string& needle);
+
+// The message of the FormatError `f` throws; a test failure (and "") when it
+// throws something else or nothing.
+std::string format_error_of(const std::function<void()>& f);
 
 // `s` single-quoted for the shell.
 std::string quote(const std::string& s);
