@@ -11,21 +11,44 @@
 // and the ODP group is the TP group.
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
 #include "flashcomm/model.hpp"
 
 namespace flashcomm {
 
+// How collective payloads travel. int8 applies to the collectives that move
+// activations without summing them (AlltoAll, AllGather): symmetric int8 with
+// one float scale per token row, the scales sent along. bf16 applies to every
+// collective int8 does not cover (and to all of them without int8); the
+// reductions then sum in bf16.
+enum class CommQuant : std::uint8_t { none, int8 };
+enum class CommDtype : std::uint8_t { f32, bf16 };
+const char* to_string(CommQuant quant);
+const char* to_string(CommDtype dtype);
+
 struct ParallelConfig {
   int dp_size = 1;
   int tp_size = 1;
   bool flashcomm1 = false;  // sequence parallelism around the norms
   int flashcomm2 = 0;  // o_proj tensor-parallel size K; 0 = FlashComm2 off
+  // FlashComm2's rewrite applied to down_proj (AlltoAll of the activation
+  // [n_tokens, hidden_dim/TP] before it, then a [n_slice, hidden_dim/K_mlp]
+  // GEMM): its tensor-parallel size K_mlp; 0 = off. Its OTP/ODP groups follow
+  // the same formulas as o_proj's with K_mlp in place of K.
+  int flashcomm2_mlp = 0;
+  CommQuant comm_quant = CommQuant::none;
+  CommDtype comm_dtype = CommDtype::f32;
+  // C >= 1: FlashComm2's AlltoAlls and FlashComm1's AllGathers split into C
+  // token chunks, the collective of later chunks in flight during the GEMM of
+  // earlier ones (non-blocking collectives). 1: no overlap.
+  int overlap_chunks = 1;
 
   bool flashcomm2_on() const { return flashcomm2 > 0; }
   int otp_size() const { return flashcomm2; }
   int odp_size() const { return flashcomm2 > 0 ? tp_size / flashcomm2 : tp_size; }
+  bool flashcomm2_mlp_on() const { return flashcomm2_mlp > 0; }
   int world_size() const { return dp_size * tp_size; }
 };
 

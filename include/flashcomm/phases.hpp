@@ -22,15 +22,19 @@ enum class Phase : std::uint8_t {
   mlp_gather,  // FlashComm1: AllGather before gate/up
   gate_up_proj,  // gate/up GEMM
   activation,  // SiLU(gate) * up
+  mlp_a2a,  // FlashComm2 for down_proj: chunk reorder, AlltoAll over its ODP, feature concat
   down_proj,  // down GEMM
-  mlp_reduce,  // AllReduce, or FlashComm1's ReduceScatter
+  mlp_reduce,  // AllReduce, FlashComm1's ReduceScatter, or down_proj FlashComm2's OTP ReduceScatter
+  mlp_out_gather,  // down_proj FlashComm2 without FlashComm1: AllGather over TP
   mlp_residual,  // residual add after the MLP
 };
 
-inline constexpr int kPhaseCount = 16;
+inline constexpr int kPhaseCount = 18;
 
 // "compute" phases run kernels; "comm" phases are collectives (with the
-// copies that arrange their buffers).
+// copies that arrange their buffers, and the quantization of their payloads).
+// Under overlap (ParallelConfig::overlap_chunks > 1) a comm phase holds only
+// the time its collectives stayed exposed: posting, waiting and copies.
 enum class PhaseKind : std::uint8_t { compute, comm };
 
 const char* to_string(Phase phase);

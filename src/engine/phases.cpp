@@ -31,10 +31,14 @@ const char* to_string(Phase phase) {
       return "gate_up_proj";
     case Phase::activation:
       return "activation";
+    case Phase::mlp_a2a:
+      return "mlp_a2a";
     case Phase::down_proj:
       return "down_proj";
     case Phase::mlp_reduce:
       return "mlp_reduce";
+    case Phase::mlp_out_gather:
+      return "mlp_out_gather";
     case Phase::mlp_residual:
       return "mlp_residual";
   }
@@ -48,7 +52,9 @@ PhaseKind kind_of(Phase phase) {
     case Phase::o_proj_reduce:
     case Phase::o_proj_gather:
     case Phase::mlp_gather:
+    case Phase::mlp_a2a:
     case Phase::mlp_reduce:
+    case Phase::mlp_out_gather:
       return PhaseKind::comm;
     default:
       return PhaseKind::compute;

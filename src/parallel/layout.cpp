@@ -85,6 +85,14 @@ HeadShard head_shard(const ModelConfig& model, int tp_size, int tp_rank) {
   return s;
 }
 
+const char* to_string(CommQuant quant) {
+  return quant == CommQuant::int8 ? "int8" : "none";
+}
+
+const char* to_string(CommDtype dtype) {
+  return dtype == CommDtype::bf16 ? "bf16" : "f32";
+}
+
 void check_parallel_config(const ModelConfig& model, const ParallelConfig& config, int world_size) {
   const int tp = config.tp_size;
   const int k = config.flashcomm2;
@@ -100,21 +108,32 @@ void check_parallel_config(const ModelConfig& model, const ParallelConfig& confi
     throw ConfigError(fmt::format("--dp {} x --tp {} exceeds the limit of {} ranks", config.dp_size,
                                   tp, kMaxRanks));
   }
-  if (k < 0) {
-    throw ConfigError(
-        fmt::format("--flashcomm2 {} must be 0 (off) or an o_proj tensor-parallel size K >= 1", k));
-  }
-  if (k > 0 && tp == 1) {
-    throw ConfigError(
-        fmt::format("--flashcomm2 {} needs a tensor-parallel size above 1, but --tp is 1", k));
-  }
-  if (k > 0 && k >= tp) {
-    throw ConfigError(
-        fmt::format("--flashcomm2 {} must be smaller than the tensor-parallel size {}", k, tp));
-  }
-  if (k > 0 && tp % k != 0) {
-    throw ConfigError(
-        fmt::format("--flashcomm2 {} must divide the tensor-parallel size {}", k, tp));
+  // o_proj's K and down_proj's K_mlp obey the same rules.
+  const auto check_k = [tp](const char* option, int value) {
+    if (value < 0) {
+      throw ConfigError(
+          fmt::format("{} {} must be 0 (off) or a tensor-parallel size K >= 1 of the projection",
+                      option, value));
+    }
+    if (value > 0 && tp == 1) {
+      throw ConfigError(
+          fmt::format("{} {} needs a tensor-parallel size above 1, but --tp is 1", option, value));
+    }
+    if (value > 0 && value >= tp) {
+      throw ConfigError(
+          fmt::format("{} {} must be smaller than the tensor-parallel size {}", option, value, tp));
+    }
+    if (value > 0 && tp % value != 0) {
+      throw ConfigError(
+          fmt::format("{} {} must divide the tensor-parallel size {}", option, value, tp));
+    }
+  };
+  check_k("--flashcomm2", k);
+  check_k("--flashcomm2-mlp", config.flashcomm2_mlp);
+  constexpr int kMaxChunks = 64;
+  if (config.overlap_chunks < 1 || config.overlap_chunks > kMaxChunks) {
+    throw ConfigError(fmt::format("--overlap-chunks {} must be between 1 (no overlap) and {}",
+                                  config.overlap_chunks, kMaxChunks));
   }
   if (model.n_heads % tp != 0) {
     throw ConfigError(fmt::format("--tp {} must divide the model's n_heads {}", tp, model.n_heads));
