@@ -2,8 +2,9 @@
 // pass under plain TP, FlashComm1, FlashComm2 or both.
 //
 // Prefill runs all prompt tokens through one batched pass (every projection is
-// one GEMM per rank) with the schemes the ParallelConfig asks for; decode
-// steps add one token at a time with the KV cache, always under plain TP.
+// one GEMM per rank, or C of them under overlap) with the schemes the
+// ParallelConfig asks for, or those a chooser picks per pass; decode steps add
+// one token at a time with the KV cache under plain TP.
 #pragma once
 
 #include <functional>
@@ -14,6 +15,7 @@
 #include "flashcomm/model.hpp"
 #include "flashcomm/phases.hpp"
 #include "flashcomm/weight_source.hpp"
+#include "flashcomm/wire.hpp"
 
 namespace flashcomm {
 
@@ -27,19 +29,29 @@ struct ShardedLayer {
   std::vector<float> wo;  // [d_model, wo_cols]: o_proj columns of this rank (see below)
   std::vector<float> ffn_norm;  // [d_model]
   std::vector<float> w_gate_up;  // [2*hidden_local, d_model]: gate rows, then up rows
-  std::vector<float> w_down;  // [d_model, hidden_local]
+  std::vector<float> w_down;  // [d_model, down_cols]: down_proj columns of this rank (see below)
 };
 
 // One rank's weights. o_proj holds the columns of the rank's own heads
 // (plain TP, FlashComm1, decode) or, under FlashComm2, the wider block j of K
 // (q_dim/K columns), which contains the rank's own heads at column offset
-// wo_own_col, so decode reuses it instead of keeping a second copy.
+// wo_own_col, so decode reuses it instead of keeping a second copy. It also
+// contains the block of every K' that K divides (layout.hpp's
+// flashcomm2_block_col), so --flashcomm auto can switch K per pass. down_proj
+// likewise: the rank's hidden_local columns, or down_proj FlashComm2's block
+// of K_mlp (hidden_dim/K_mlp columns).
 struct ShardedWeights {
   ModelConfig config;
   HeadShard heads;
+  int tp_size = 1;
+  int tp_rank = 0;
   int hidden_local = 0;
+  int wo_k = 0;  // the FlashComm2 K whose o_proj block is held; 0: own heads only
   int wo_cols = 0;
   int wo_own_col = 0;
+  int down_k = 0;  // the K_mlp whose down_proj block is held; 0: own columns only
+  int down_cols = 0;
+  int down_own_col = 0;
   // Replicated; empty in a layers-only engine (benchmarks of large shapes).
   std::vector<float> token_embedding;  // [vocab_size, d_model]
   std::vector<float> final_norm;  // [d_model]
@@ -75,6 +87,15 @@ class Engine {
   // afterwards: all n_tokens, or under FlashComm1 its slice [n_padded/tp_size].
   std::vector<float> prefill_layers(const std::vector<float>& hidden, int n_tokens);
 
+  // The scheme of each pass, from its token count and kind: --flashcomm
+  // auto's choice. It may pick FlashComm1 on or off, any FlashComm2 size that
+  // the held weights and the context's groups serve (a multiple of the
+  // config's, for o_proj and down_proj alike), the wire formats and the
+  // chunks; tp_size and dp_size must stay the context's. Unset: every pass
+  // runs the context's config (decode under plain TP with its dtype).
+  using SchemeChooser = std::function<ParallelConfig(int n_tokens, Pass pass)>;
+  void set_scheme_chooser(SchemeChooser chooser) { chooser_ = std::move(chooser); }
+
   // Seconds per layer phase, summed over every pass since the last reset.
   const PhaseTimes& phase_times() const { return phase_times_; }
   void reset_phase_times() { phase_times_ = PhaseTimes{}; }
@@ -91,7 +112,11 @@ class Engine {
     int n_padded = 0;  // n_tokens rounded up to a multiple of tp_size
     int n_slice = 0;  // n_padded / tp_size: one FlashComm1 slice / FlashComm2 chunk
     bool flashcomm1 = false;
-    bool flashcomm2 = false;
+    int k = 0;  // o_proj FlashComm2 size; 0 = off
+    int k_mlp = 0;  // down_proj FlashComm2 size; 0 = off
+    Wire move = Wire::f32;  // AllGather and AlltoAll payloads
+    Wire reduce = Wire::f32;  // AllReduce and ReduceScatter payloads
+    int chunks = 1;  // overlap chunks
     int n_resident() const { return flashcomm1 ? n_slice : n_tokens; }  // rows of x
   };
 
@@ -103,8 +128,14 @@ class Engine {
   void run_layers(std::vector<float>& x, const Plan& plan);
   void attention_block(int layer, std::vector<float>& x, const Plan& plan);
   void mlp_block(int layer, std::vector<float>& x, const Plan& plan);
-  std::vector<float> flashcomm2_o_proj(const ShardedLayer& lw, std::vector<float> att,
-                                       const Plan& plan);
+  // FlashComm1's AllGather of the slices x [n_slice, d_model] feeding the
+  // GEMM y[n_tokens, n_out] = gathered . w^T, chunk by chunk under overlap.
+  void gather_gemm(const std::vector<float>& x, const float* w, int ldw, int n_out, float* y,
+                   const Plan& plan, Phase comm_phase, Phase gemm_phase);
+  // FlashComm2's AlltoAll feeding a projection of size k (o_proj or down).
+  std::vector<float> flashcomm2_project(const std::vector<float>& in, int local_cols,
+                                        const float* w, int ldw, int k, const Plan& plan,
+                                        Phase a2a_phase, Phase gemm_phase, Phase reduce_phase);
 
   ParallelContext& ctx_;
   ShardedWeights w_;
@@ -113,6 +144,7 @@ class Engine {
   int context_ = 0;
   int position_ = 0;
   PhaseTimes phase_times_;
+  SchemeChooser chooser_;
 };
 
 // Bytes of one rank's KV cache for `context` tokens.

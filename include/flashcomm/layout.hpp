@@ -77,6 +77,38 @@ int padded_tokens(int n_tokens, int tp_size);
 // that its OTP group's ReduceScatter then hands one to each member.
 std::vector<int> flashcomm2_chunk_order(int tp_size, int otp_size);
 
+// Where tp_rank sits for FlashComm2 with size K (o_proj's K or down_proj's
+// K_mlp): index i = tp_rank % G in its ODP group, j = tp_rank / G in its OTP
+// group (G = tp_size / K).
+struct Flashcomm2Place {
+  int i = 0;
+  int j = 0;
+};
+Flashcomm2Place flashcomm2_place(int tp_rank, int tp_size, int k);
+
+// First column of the block of a projection's `total_cols` input features
+// that tp_rank multiplies under FlashComm2 with size k (block j, total/k
+// wide); k = tp_size gives the rank's own shard. The block for k is inside
+// the block for any k0 dividing k, so weights held for k0 serve every such k.
+int flashcomm2_block_col(int tp_rank, int tp_size, int k, int total_cols);
+
+// FlashComm1's gathered GEMMs (QKV, gate/up) and FlashComm2's projections
+// multiply each slice (or token chunk) in panels of kPanelRows rows, one GEMM
+// per panel, whether or not the collective before them is overlapped. A BLAS
+// result depends on a row's position inside its call, so fixed panels are
+// what makes overlap bit-identical to no overlap; 64 rows already reach the
+// large-GEMM rate of a CPU BLAS.
+inline constexpr int kPanelRows = 64;
+
+// The token chunks of overlap: the panels of n_slice rows split into
+// min(chunks, panels) runs of nearly equal length (the first ones one panel
+// longer), so that every chunk but the last is whole panels.
+struct RowRange {
+  int row0 = 0;
+  int rows = 0;
+};
+std::vector<RowRange> overlap_row_chunks(int n_slice, int chunks);
+
 // Attention heads a rank owns: query heads [q_head0, q_head0+n_q_heads),
 // key/value heads [kv_head0, kv_head0+n_kv_heads). When tp_size exceeds the
 // model's n_kv_heads, each KV head is replicated on tp_size/n_kv_heads ranks.

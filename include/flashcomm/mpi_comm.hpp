@@ -26,14 +26,21 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm handle() const { return comm_; }
 
  protected:
-  void do_all_reduce(float* buf, std::size_t count) override;
-  void do_reduce_scatter(const float* in, float* out, std::size_t count) override;
-  void do_all_gather(const float* in, float* out, std::size_t count) override;
-  void do_all_to_all(const float* in, float* out, std::size_t count) override;
+  void do_all_reduce(void* buf, std::size_t count, Elem elem) override;
+  void do_reduce_scatter(const void* in, void* out, std::size_t count, Elem elem) override;
+  void do_all_gather(const void* in, void* out, std::size_t count, Elem elem) override;
+  void do_all_to_all(const void* in, void* out, std::size_t count, Elem elem) override;
+  std::unique_ptr<PendingCollective> do_start(CommOp op, const void* in, void* out,
+                                              std::size_t count, Elem elem,
+                                              std::int64_t bytes) override;
   int do_max_int(int value) override;
 
  private:
+  // MPI_SUM, or for bf16 the user-defined sum (created on first use).
+  MPI_Op sum_op(Elem elem);
+
   MPI_Comm comm_;
+  MPI_Op bf16_sum_ = MPI_OP_NULL;
   int rank_ = 0;
   int size_ = 1;
 };

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -41,6 +42,7 @@
 #include "flashcomm/log.hpp"
 #include "flashcomm/model.hpp"
 #include "flashcomm/tokenizer.hpp"
+#include "flashcomm/wire.hpp"
 
 namespace flashcomm::cli {
 
@@ -144,6 +146,8 @@ std::uint64_t fingerprint(const RunOptions& opt, const Prepared& p) {
       "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", opt.steps, pc.dp_size, pc.tp_size,
       pc.flashcomm1, pc.flashcomm2, opt.check, opt.json_path, c.d_model, c.hidden_dim, c.n_layers,
       c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.seq_len, c.shared_classifier, p.context);
+  text += fmt::format("|mlp {} quant {} dtype {} chunks {}", pc.flashcomm2_mlp,
+                      to_string(pc.comm_quant), to_string(pc.comm_dtype), pc.overlap_chunks);
   for (const Request& r : p.requests) {
     text += fmt::format("|{}", fmt::join(r.prompt_tokens, ","));
   }
@@ -268,9 +272,13 @@ void print_and_write(const RunOptions& opt, const Tokenizer* tokenizer, std::vec
     }
   }
   const ParallelConfig& pc = ctx.config();
-  fmt::print("\nlayout: dp {} x tp {}, flashcomm1 {}, flashcomm2 {}\n", pc.dp_size, pc.tp_size,
-             pc.flashcomm1 ? "on" : "off",
-             pc.flashcomm2_on() ? fmt::format("K={}", pc.flashcomm2) : "off");
+  fmt::print(
+      "\nlayout: dp {} x tp {}, flashcomm1 {}, flashcomm2 {}, down_proj flashcomm2 {}, payloads "
+      "{}/{}, overlap chunks {}\n",
+      pc.dp_size, pc.tp_size, pc.flashcomm1 ? "on" : "off",
+      pc.flashcomm2_on() ? fmt::format("K={}", pc.flashcomm2) : "off",
+      pc.flashcomm2_mlp_on() ? fmt::format("K={}", pc.flashcomm2_mlp) : "off",
+      to_string(move_wire(pc)), to_string(reduce_wire(pc)), pc.overlap_chunks);
   fmt::print("prefill: {:.6f} s   decode: {} token{} in {:.6f} s (replica 0)\n", prefill_seconds,
              decoded, decoded == 1 ? "" : "s", decode_seconds);
   fmt::print("prefill collectives (rank 0):\n{}", comm_table(ctx.stats().records(Pass::prefill)));
@@ -294,7 +302,11 @@ void print_and_write(const RunOptions& opt, const Tokenizer* tokenizer, std::vec
          {{"dp", pc.dp_size},
           {"tp", pc.tp_size},
           {"flashcomm1", pc.flashcomm1},
-          {"flashcomm2", pc.flashcomm2}}},
+          {"flashcomm2", pc.flashcomm2},
+          {"flashcomm2_mlp", pc.flashcomm2_mlp},
+          {"comm_quant", to_string(pc.comm_quant)},
+          {"comm_dtype", to_string(pc.comm_dtype)},
+          {"overlap_chunks", pc.overlap_chunks}}},
         {"prompt_tokens", results.at(0)["prompt_tokens"]},
         {"generated_tokens", results.at(0)["generated_tokens"]},
         {"text", results.at(0)["text"]},
@@ -347,6 +359,30 @@ void add_run_options(CLI::App& run, RunOptions& o) {
                "sequence parallelism in prefill: ReduceScatter/AllGather around sharded norms");
   run.add_option("--flashcomm2", o.parallel.flashcomm2,
                  "FlashComm2 o_proj in prefill with o_proj TP size K (0 = off; K < TP, K | TP)")
+      ->capture_default_str()
+      ->transform(decimal_integer());
+  run.add_option("--flashcomm2-mlp", o.parallel.flashcomm2_mlp,
+                 "FlashComm2 for down_proj in prefill with its TP size K_mlp (0 = off; K_mlp < "
+                 "TP, K_mlp | TP): AlltoAll before the GEMM, each rank holds hidden_dim/K_mlp "
+                 "columns")
+      ->capture_default_str()
+      ->transform(decimal_integer());
+  run.add_option("--comm-quant", o.parallel.comm_quant,
+                 "int8: AlltoAll and AllGather payloads as int8 with one float scale per token "
+                 "row; none: as --comm-dtype")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, CommQuant>{{"none", CommQuant::none}, {"int8", CommQuant::int8}}))
+      ->default_str("none");
+  run.add_option("--comm-dtype", o.parallel.comm_dtype,
+                 "payload type of every collective int8 does not cover: f32 or bf16 (bf16 "
+                 "reductions sum in bf16)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, CommDtype>{{"f32", CommDtype::f32}, {"bf16", CommDtype::bf16}}))
+      ->default_str("f32");
+  run.add_option("--overlap-chunks", o.parallel.overlap_chunks,
+                 "split FlashComm1's AllGathers and FlashComm2's AlltoAlls into C token chunks "
+                 "(whole 64-row panels), each in flight while earlier chunks' GEMMs run (1 = no "
+                 "overlap)")
       ->capture_default_str()
       ->transform(decimal_integer());
   run.add_flag("--check", o.check,

@@ -1,4 +1,6 @@
-// The forward pass of one rank under plain TP, FlashComm1 and FlashComm2.
+// The forward pass of one rank under plain TP, FlashComm1 and FlashComm2 (for
+// o_proj and down_proj), with the payload formats of wire.hpp and the overlap
+// of collectives with GEMMs.
 //
 // Activations are row-major [tokens, features]. Between blocks the residual
 // stream x is either every token, replicated on the TP ranks ([n_tokens,
@@ -75,13 +77,32 @@ Engine::Plan Engine::plan_pass(int n_tokens, bool prefill) {
   const ParallelConfig& pc = ctx_.config();
   FC_ASSERT(n_tokens >= 1 && position_ + n_tokens <= context_,
             "{} tokens at position {} with context {}", n_tokens, position_, context_);
+  const Pass pass = prefill ? Pass::prefill : Pass::decode;
+  const ParallelConfig scheme = chooser_ ? chooser_(n_tokens, pass) : pc;
+  FC_ASSERT(scheme.tp_size == pc.tp_size && scheme.dp_size == pc.dp_size,
+            "a pass's scheme must keep tp {} and dp {}", pc.tp_size, pc.dp_size);
+  // A FlashComm2 size is served by held weights of a size dividing it and by
+  // the context's groups of that size.
+  const auto served = [&](int k, int held) {
+    return k == 0 || (held > 0 && k % held == 0 && k < pc.tp_size && pc.tp_size % k == 0 &&
+                      ctx_.has_flashcomm2_groups(k));
+  };
+  FC_ASSERT(served(scheme.flashcomm2, w_.wo_k), "o_proj FlashComm2 K={} with the block of K={}",
+            scheme.flashcomm2, w_.wo_k);
+  FC_ASSERT(served(scheme.flashcomm2_mlp, w_.down_k),
+            "down_proj FlashComm2 K={} with the block of K={}", scheme.flashcomm2_mlp, w_.down_k);
+  FC_ASSERT(scheme.overlap_chunks >= 1, "overlap chunks {}", scheme.overlap_chunks);
   Plan plan;
   plan.n_tokens = n_tokens;
   plan.n_padded = padded_tokens(n_tokens, pc.tp_size);
   plan.n_slice = plan.n_padded / pc.tp_size;
-  plan.flashcomm1 = prefill && pc.flashcomm1 && pc.tp_size > 1;
-  plan.flashcomm2 = prefill && pc.flashcomm2_on();
-  ctx_.stats().set_pass(prefill ? Pass::prefill : Pass::decode);
+  plan.flashcomm1 = prefill && scheme.flashcomm1 && pc.tp_size > 1;
+  plan.k = prefill ? scheme.flashcomm2 : 0;
+  plan.k_mlp = prefill ? scheme.flashcomm2_mlp : 0;
+  plan.move = move_wire(scheme);
+  plan.reduce = reduce_wire(scheme);
+  plan.chunks = prefill ? scheme.overlap_chunks : 1;
+  ctx_.stats().set_pass(pass);
   return plan;
 }
 
@@ -101,22 +122,33 @@ std::vector<float> Engine::prefill_layers(const std::vector<float>& hidden, int 
 
 namespace {
 
-// Gathers the FlashComm1 slices of every TP rank and drops the padding:
-// slice [n_slice, d_model] -> full [n_tokens, d_model].
-Buffer gather_tokens(Communicator& tp, const Buffer& slice, int n_slice, int n_tokens,
+// Gathers the slices [n_slice, d_model] of every TP rank on `wire` and drops
+// the padding: -> full [n_tokens, d_model]. Every rank decodes its own slice
+// too, so that all hold the same values.
+Buffer gather_tokens(Communicator& tp, Wire wire, const Buffer& slice, int n_slice, int n_tokens,
                      int d_model) {
   Buffer full(sz(n_slice * tp.size(), d_model));
-  tp.all_gather(slice.data(), full.data(), sz(n_slice, d_model));
+  if (wire == Wire::f32) {
+    tp.all_gather(slice.data(), full.data(), sz(n_slice, d_model));
+  } else {
+    const size_t bytes = row_bytes(wire, d_model) * static_cast<size_t>(n_slice);
+    std::vector<std::byte> send(bytes);
+    std::vector<std::byte> recv(bytes * static_cast<size_t>(tp.size()));
+    encode_rows(wire, slice.data(), d_model, n_slice, d_model, send.data());
+    tp.all_gather(send.data(), recv.data(), bytes, Elem::byte);
+    decode_rows(wire, recv.data(), n_tokens, d_model, full.data(), d_model);
+  }
   full.resize(sz(n_tokens, d_model));
   return full;
 }
 
 // Sums the partial products [n_tokens, d_model] of the TP ranks and leaves
 // this rank's slice: pads to n_padded, ReduceScatter -> [n_slice, d_model].
-Buffer reduce_scatter_tokens(Communicator& tp, Buffer partial, int n_slice, int d_model) {
+Buffer reduce_scatter_tokens(Communicator& tp, Wire wire, Buffer partial, int n_slice,
+                             int d_model) {
   partial.resize(sz(n_slice * tp.size(), d_model), 0.0F);
   Buffer slice(sz(n_slice, d_model));
-  tp.reduce_scatter(partial.data(), slice.data(), sz(n_slice, d_model));
+  reduce_scatter_on(tp, wire, partial.data(), slice.data(), sz(n_slice, d_model));
   return slice;
 }
 
@@ -146,7 +178,7 @@ std::vector<float> Engine::forward(const std::vector<int>& tokens, bool prefill)
   Buffer h(x.size());
   kernels::rmsnorm(x.data(), w_.final_norm.data(), h.data(), n_res, d, c.norm_eps);
   if (plan.flashcomm1) {
-    h = gather_tokens(ctx_.tp(), h, plan.n_slice, n, d);
+    h = gather_tokens(ctx_.tp(), plan.move, h, plan.n_slice, n, d);
   }
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
   kernels::matmul_wt(h.data() + sz(n - 1, d), d, w_.output().data(), d, logits.data(), c.vocab_size,
@@ -164,9 +196,9 @@ void Engine::run_layers(std::vector<float>& x, const Plan& plan) {
 
 // Attention block of layer l, on the resident rows x:
 // 1. RMSNorm.
-// 2. FlashComm1: AllGather the slices over TP, drop the padding.
-// 3. QKV projection (one GEMM), its bias (Qwen2), the per-head q/k RMSNorm
-//    (Qwen3), RoPE, append K and V to the cache.
+// 2-3. QKV projection (one GEMM; under FlashComm1 fed by the AllGather of the
+//    slices over TP, chunk by chunk under overlap), its bias (Qwen2), the
+//    per-head q/k RMSNorm (Qwen3), RoPE, append K and V to the cache.
 // 4. Causal attention over this rank's heads.
 // 5. o_proj with its collectives, by scheme.
 // 6. Residual add.
@@ -191,19 +223,20 @@ void Engine::attention_block(int layer, std::vector<float>& x, const Plan& plan)
     kernels::rmsnorm(x.data(), lw.attn_norm.data(), h.data(), n_res, d, c.norm_eps);
   }
 
-  // 2. gather [n_slice, d] -> [n, d]
-  if (plan.flashcomm1) {
-    PhaseTimer timer(t, Phase::attn_gather);
-    h = gather_tokens(tp, h, plan.n_slice, n, d);
-  }
-
-  // 3. qkv [n, q_local | kv_local | kv_local], bias, q/k norm, rope, cache
+  // 2-3. (gather [n_slice, d] -> [n, d]) qkv [n, q_local | kv_local | kv_local]
   Buffer qkv(sz(n, qkv_cols));
+  if (plan.flashcomm1) {
+    gather_gemm(h, lw.w_qkv.data(), d, qkv_cols, qkv.data(), plan, Phase::attn_gather,
+                Phase::qkv_proj);
+  } else {
+    PhaseTimer timer(t, Phase::qkv_proj);
+    kernels::matmul_wt(h.data(), d, lw.w_qkv.data(), d, qkv.data(), qkv_cols, n, d, qkv_cols);
+  }
+  // bias, q/k norm, rope, cache
   Buffer& kc = k_cache_[static_cast<size_t>(layer)];
   Buffer& vc = v_cache_[static_cast<size_t>(layer)];
   {
     PhaseTimer timer(t, Phase::qkv_proj);
-    kernels::matmul_wt(h.data(), d, lw.w_qkv.data(), d, qkv.data(), qkv_cols, n, d, qkv_cols);
     if (c.qkv_bias) {
       kernels::add_bias(qkv.data(), qkv_cols, lw.b_qkv.data(), n, qkv_cols);
     }
@@ -233,12 +266,16 @@ void Engine::attention_block(int layer, std::vector<float>& x, const Plan& plan)
 
   // 5. o_proj -> y: [n_res, d] (FlashComm1) or [n, d]
   Buffer y;
-  if (plan.flashcomm2) {
-    y = flashcomm2_o_proj(lw, std::move(att), plan);
+  if (plan.k > 0) {
+    // The pass's block of K inside the held block (layout.hpp).
+    const int col = flashcomm2_block_col(w_.tp_rank, w_.tp_size, plan.k, c.q_dim()) -
+                    flashcomm2_block_col(w_.tp_rank, w_.tp_size, w_.wo_k, c.q_dim());
+    y = flashcomm2_project(att, q_local, lw.wo.data() + col, w_.wo_cols, plan.k, plan,
+                           Phase::o_proj_a2a, Phase::o_proj_gemm, Phase::o_proj_reduce);
     if (!plan.flashcomm1) {
       // (4) AllGather the chunks: [n_slice, d] -> [n_padded, d], drop padding.
       PhaseTimer timer(t, Phase::o_proj_gather);
-      y = gather_tokens(tp, y, plan.n_slice, n, d);
+      y = gather_tokens(tp, plan.move, y, plan.n_slice, n, d);
     }
   } else {
     y.resize(sz(n, d));
@@ -249,9 +286,9 @@ void Engine::attention_block(int layer, std::vector<float>& x, const Plan& plan)
     }
     PhaseTimer timer(t, Phase::o_proj_reduce);
     if (plan.flashcomm1) {
-      y = reduce_scatter_tokens(tp, std::move(y), plan.n_slice, d);
+      y = reduce_scatter_tokens(tp, plan.reduce, std::move(y), plan.n_slice, d);
     } else if (tp.size() > 1) {
-      tp.all_reduce(y.data(), sz(n, d));
+      all_reduce_on(tp, plan.reduce, y.data(), sz(n, d));
     }
   }
 
@@ -260,78 +297,202 @@ void Engine::attention_block(int layer, std::vector<float>& x, const Plan& plan)
   kernels::add_inplace(x.data(), y.data(), n_res, d);
 }
 
-// FlashComm2 o_proj, phases (1)-(3) of the scheme:
-//   att [n_tokens, q_local] (all tokens, this rank's heads)
-//   -> [n_slice, d_model] (token chunk tp_rank, all heads, fully reduced)
-// (1) Pad to n_padded; order the tp_size chunks [i, i+G, ..., i+(K-1)G] for
-//     i = 0..G-1; AlltoAll over ODP; concatenate what arrives along the
-//     feature axis: [K*n_slice, q_dim/K] (the G head blocks of ODP group j).
-// (2) Multiply by the o_proj block j: [K*n_slice, d_model], partial over j.
-// (3) K > 1: ReduceScatter over OTP, leaving chunk tp_rank summed over all j.
-// (4) The AllGather, or FlashComm1's keeping of the slice, is the caller's.
-std::vector<float> Engine::flashcomm2_o_proj(const ShardedLayer& lw, std::vector<float> att,
-                                             const Plan& plan) {
-  const ParallelConfig& pc = ctx_.config();
-  const int k = pc.otp_size();
-  const int g = pc.odp_size();
-  const int d = w_.config.d_model;
-  const int q_local = w_.heads.n_q_heads * w_.config.head_dim;
-  const int rows = k * plan.n_slice;  // tokens this rank multiplies
-  const size_t block = sz(rows, q_local);
-  PhaseTimes& t = phase_times_;
+namespace {
 
-  // (1) order, AlltoAll, concatenate
-  Buffer a(sz(rows, w_.wo_cols));
+// y rows of tokens first_token .. first_token+rows-1 (those below n_tokens) =
+// x[rows, n_in] . w^T, in panels of kPanelRows rows (layout.hpp), so that a
+// row's result depends only on its place in its panel.
+void panel_gemm(const float* x, int ldx, const float* w, int ldw, int n_in, int n_out, int rows,
+                int first_token, int n_tokens, float* y, Buffer& scratch) {
+  for (int p = 0; p < rows; p += kPanelRows) {
+    const int m = std::min(kPanelRows, rows - p);
+    const int token = first_token + p;
+    const int keep = std::clamp(n_tokens - token, 0, m);
+    if (keep == m) {
+      kernels::matmul_wt(x + sz(p, ldx), ldx, w, ldw, y + sz(token, n_out), n_out, m, n_in, n_out);
+      continue;
+    }
+    // The panel runs into the padding: the same GEMM, only its real rows kept.
+    scratch.resize(sz(m, n_out));
+    kernels::matmul_wt(x + sz(p, ldx), ldx, w, ldw, scratch.data(), n_out, m, n_in, n_out);
+    std::copy_n(scratch.data(), sz(keep, n_out), y + sz(token, n_out));
+  }
+}
+
+}  // namespace
+
+// FlashComm1's AllGather feeding a GEMM:
+//   x [n_slice, d_model] on each TP rank -> y [n_tokens, n_out] =
+//   (the slices of every rank, in token order, padding dropped) . w^T
+// Chunk c of the overlap holds rows [row0, row0+rows) of every slice (one
+// chunk without overlap). All AllGathers are posted at once; then each is
+// waited for and its rows multiplied while the later ones travel. The GEMMs
+// run in the same panels either way (panel_gemm), hence the same bits.
+void Engine::gather_gemm(const std::vector<float>& x, const float* w, int ldw, int n_out, float* y,
+                         const Plan& plan, Phase comm_phase, Phase gemm_phase) {
+  Communicator& tp = ctx_.tp();
+  const int d = w_.config.d_model;
+  const int n_ranks = tp.size();
+  const bool f32 = plan.move == Wire::f32;
+  PhaseTimes& t = phase_times_;
+  const std::vector<RowRange> chunks = overlap_row_chunks(plan.n_slice, plan.chunks);
+  const bool blocking = chunks.size() == 1;
+
+  // Post: send [rows, d] (encoded unless f32) -> recv [n_ranks][rows].
+  const size_t row = row_bytes(plan.move, d);
+  std::vector<std::vector<std::byte>> send(chunks.size());
+  std::vector<std::vector<std::byte>> recv(chunks.size());
+  std::vector<Buffer> gathered(chunks.size());
+  std::vector<std::unique_ptr<PendingCollective>> pending(chunks.size());
   {
-    PhaseTimer timer(t, Phase::o_proj_a2a);
-    Buffer send;
-    if (k == 1) {
-      // The chunk order is the identity: send the padded activations as they are.
-      att.resize(sz(plan.n_padded, q_local), 0.0F);
-      send = std::move(att);
-    } else {
-      send.assign(sz(plan.n_padded, q_local), 0.0F);
-      const std::vector<int> order = flashcomm2_chunk_order(pc.tp_size, k);
-      for (size_t slot = 0; slot < order.size(); ++slot) {
-        const int row0 = order[slot] * plan.n_slice;
-        const int n_real = std::clamp(plan.n_tokens - row0, 0, plan.n_slice);
-        std::copy_n(att.data() + sz(row0, q_local), sz(n_real, q_local),
-                    send.data() + slot * sz(plan.n_slice, q_local));
+    PhaseTimer timer(t, comm_phase);
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      const int rows = chunks[c].rows;
+      gathered[c].resize(sz(n_ranks * rows, d));
+      const float* mine = x.data() + sz(chunks[c].row0, d);
+      if (f32) {
+        if (blocking) {
+          tp.all_gather(mine, gathered[c].data(), sz(rows, d));
+        } else {
+          pending[c] = tp.start_all_gather(mine, gathered[c].data(), sz(rows, d), Elem::f32);
+        }
+        continue;
+      }
+      const size_t bytes = row * static_cast<size_t>(rows);
+      send[c].resize(bytes);
+      recv[c].resize(bytes * static_cast<size_t>(n_ranks));
+      encode_rows(plan.move, mine, d, rows, d, send[c].data());
+      if (blocking) {
+        tp.all_gather(send[c].data(), recv[c].data(), bytes, Elem::byte);
+      } else {
+        pending[c] = tp.start_all_gather(send[c].data(), recv[c].data(), bytes, Elem::byte);
       }
     }
-    Buffer recv(send.size());
-    ctx_.odp().all_to_all(send.data(), recv.data(), block);
-    for (int src = 0; src < g; ++src) {
-      for (int r = 0; r < rows; ++r) {
-        std::copy_n(recv.data() + src * block + sz(r, q_local), q_local,
-                    a.data() + sz(r, w_.wo_cols) + sz(src, q_local));
+  }
+  // Wait, decode, and multiply each rank's rows into their tokens.
+  Buffer scratch;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const int rows = chunks[c].rows;
+    {
+      PhaseTimer timer(t, comm_phase);
+      if (pending[c]) {
+        pending[c]->wait();
+      }
+      if (!f32) {
+        decode_rows(plan.move, recv[c].data(), n_ranks * rows, d, gathered[c].data(), d);
+      }
+    }
+    PhaseTimer timer(t, gemm_phase);
+    for (int r = 0; r < n_ranks; ++r) {
+      panel_gemm(gathered[c].data() + sz(r * rows, d), d, w, ldw, d, n_out, rows,
+                 r * plan.n_slice + chunks[c].row0, plan.n_tokens, y, scratch);
+    }
+  }
+}
+
+// FlashComm2's projection of size k (o_proj: local_cols = q_local; down_proj:
+// hidden_local), phases (1)-(3) of the scheme:
+//   in [n_tokens, local_cols] (all tokens, this rank's input features)
+//   -> [n_slice, d_model] (token chunk tp_rank, every feature, fully reduced)
+// (1) Pad to n_padded; order the tp_size chunks [i, i+G, ..., i+(K-1)G] for
+//     i = 0..G-1; AlltoAll over ODP; concatenate what arrives along the
+//     feature axis: [K*n_slice, G*local_cols] (the G blocks of ODP group j).
+// (2) Multiply by the weight block j (w, row stride ldw): [K*n_slice, d_model],
+//     partial over j, in panels of each of the K token chunks.
+// (3) K > 1: ReduceScatter over OTP, leaving chunk tp_rank summed over all j.
+// (4) The AllGather, or FlashComm1's keeping of the slice, is the caller's.
+// Under overlap, (1) and (2) run per chunk of rows [row0, row0+rows) of every
+// token chunk: all AlltoAlls posted, then each waited for and multiplied.
+std::vector<float> Engine::flashcomm2_project(const std::vector<float>& in, int local_cols,
+                                              const float* w, int ldw, int k, const Plan& plan,
+                                              Phase a2a_phase, Phase gemm_phase,
+                                              Phase reduce_phase) {
+  const int tp_size = ctx_.config().tp_size;
+  const int g = tp_size / k;
+  const int d = w_.config.d_model;
+  const int feats = g * local_cols;  // the block's width
+  Communicator& odp = ctx_.odp(k);
+  PhaseTimes& t = phase_times_;
+  const std::vector<int> order = flashcomm2_chunk_order(tp_size, k);
+  const std::vector<RowRange> chunks = overlap_row_chunks(plan.n_slice, plan.chunks);
+  const size_t row = row_bytes(plan.move, local_cols);
+  const Buffer zero_row(static_cast<size_t>(local_cols), 0.0F);
+
+  // (1) post: send [G dest][K slots][rows] -> recv [G src][K slots][rows]
+  std::vector<std::vector<std::byte>> send(chunks.size());
+  std::vector<std::vector<std::byte>> recv(chunks.size());
+  std::vector<std::unique_ptr<PendingCollective>> pending(chunks.size());
+  {
+    PhaseTimer timer(t, a2a_phase);
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      const int rows = chunks[c].rows;
+      const size_t block = row * static_cast<size_t>(k) * static_cast<size_t>(rows);
+      send[c].resize(block * static_cast<size_t>(g));
+      recv[c].resize(send[c].size());
+      for (int slot = 0; slot < tp_size; ++slot) {
+        const int first = order[static_cast<size_t>(slot)] * plan.n_slice + chunks[c].row0;
+        const int n_real = std::clamp(plan.n_tokens - first, 0, rows);
+        std::byte* dst = send[c].data() + row * sz(slot, rows);
+        if (n_real > 0) {
+          encode_rows(plan.move, in.data() + sz(first, local_cols), local_cols, n_real, local_cols,
+                      dst);
+        }
+        for (int r = n_real; r < rows; ++r) {  // padding
+          encode_rows(plan.move, zero_row.data(), local_cols, 1, local_cols,
+                      dst + row * static_cast<size_t>(r));
+        }
+      }
+      if (chunks.size() == 1) {
+        odp.all_to_all(send[c].data(), recv[c].data(), block, Elem::byte);
+      } else {
+        pending[c] = odp.start_all_to_all(send[c].data(), recv[c].data(), block, Elem::byte);
       }
     }
   }
 
-  // (2) o_proj block j: [rows, q_dim/K] . [d_model, q_dim/K]^T
-  Buffer z(sz(rows, d));
-  {
-    PhaseTimer timer(t, Phase::o_proj_gemm);
-    kernels::matmul_wt(a.data(), w_.wo_cols, lw.wo.data(), w_.wo_cols, z.data(), d, rows,
-                       w_.wo_cols, d);
+  // (1) concatenate, (2) multiply, per chunk: a [K*rows, feats] -> z rows
+  Buffer z(sz(k * plan.n_slice, d));
+  Buffer a;
+  Buffer scratch;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const int rows = chunks[c].rows;
+    const int m = k * rows;
+    {
+      PhaseTimer timer(t, a2a_phase);
+      if (pending[c]) {
+        pending[c]->wait();
+      }
+      a.resize(sz(m, feats));
+      for (int src = 0; src < g; ++src) {
+        decode_rows(plan.move, recv[c].data() + row * sz(src, m), m, local_cols,
+                    a.data() + sz(src, local_cols), feats);
+      }
+    }
+    PhaseTimer timer(t, gemm_phase);
+    for (int slot = 0; slot < k; ++slot) {
+      const int first = slot * plan.n_slice + chunks[c].row0;  // row of z
+      panel_gemm(a.data() + sz(slot * rows, feats), feats, w, ldw, feats, d, rows, first,
+                 k * plan.n_slice, z.data(), scratch);
+    }
   }
   if (k == 1) {
     return z;
   }
 
   // (3) ReduceScatter over OTP: [K][n_slice, d_model] -> [n_slice, d_model]
-  PhaseTimer timer(t, Phase::o_proj_reduce);
+  PhaseTimer timer(t, reduce_phase);
   Buffer out(sz(plan.n_slice, d));
-  ctx_.otp().reduce_scatter(z.data(), out.data(), sz(plan.n_slice, d));
+  reduce_scatter_on(ctx_.otp(k), plan.reduce, z.data(), out.data(), sz(plan.n_slice, d));
   return out;
 }
 
 // MLP block of layer l, on the resident rows x:
 // 1. RMSNorm.
-// 2. FlashComm1: AllGather the slices over TP, drop the padding.
-// 3. gate/up projection (one GEMM), SiLU(gate) * up.
-// 4. down projection; AllReduce over TP, or FlashComm1's ReduceScatter.
+// 2-3. gate/up projection (one GEMM; under FlashComm1 fed by the AllGather of
+//    the slices over TP, chunk by chunk under overlap), SiLU(gate) * up.
+// 4. down projection and its reduction: AllReduce over TP, FlashComm1's
+//    ReduceScatter, or down_proj FlashComm2 (AlltoAll, GEMM on whole hidden
+//    rows, OTP ReduceScatter, and without FlashComm1 an AllGather).
 // 5. Residual add.
 void Engine::mlp_block(int layer, std::vector<float>& x, const Plan& plan) {
   const ModelConfig& c = w_.config;
@@ -350,15 +511,12 @@ void Engine::mlp_block(int layer, std::vector<float>& x, const Plan& plan) {
     kernels::rmsnorm(x.data(), lw.ffn_norm.data(), h.data(), n_res, d, c.norm_eps);
   }
 
-  // 2. gather [n_slice, d] -> [n, d]
-  if (plan.flashcomm1) {
-    PhaseTimer timer(t, Phase::mlp_gather);
-    h = gather_tokens(tp, h, plan.n_slice, n, d);
-  }
-
-  // 3. gate/up [n, 2*hid] -> act [n, hid]
+  // 2-3. (gather [n_slice, d] -> [n, d]) gate/up [n, 2*hid] -> act [n, hid]
   Buffer gu(sz(n, 2 * hid));
-  {
+  if (plan.flashcomm1) {
+    gather_gemm(h, lw.w_gate_up.data(), d, 2 * hid, gu.data(), plan, Phase::mlp_gather,
+                Phase::gate_up_proj);
+  } else {
     PhaseTimer timer(t, Phase::gate_up_proj);
     kernels::matmul_wt(h.data(), d, lw.w_gate_up.data(), d, gu.data(), 2 * hid, n, d, 2 * hid);
   }
@@ -368,18 +526,29 @@ void Engine::mlp_block(int layer, std::vector<float>& x, const Plan& plan) {
     kernels::silu_mul(gu.data(), gu.data() + hid, 2 * hid, act.data(), n, hid);
   }
 
-  // 4. down [n, d], then its reduction
-  Buffer y(sz(n, d));
-  {
-    PhaseTimer timer(t, Phase::down_proj);
-    kernels::matmul_wt(act.data(), hid, lw.w_down.data(), hid, y.data(), d, n, hid, d);
-  }
-  {
+  // 4. down -> y: [n_res, d] (FlashComm1) or [n, d]
+  Buffer y;
+  if (plan.k_mlp > 0) {
+    const int col = flashcomm2_block_col(w_.tp_rank, w_.tp_size, plan.k_mlp, c.hidden_dim) -
+                    flashcomm2_block_col(w_.tp_rank, w_.tp_size, w_.down_k, c.hidden_dim);
+    y = flashcomm2_project(act, hid, lw.w_down.data() + col, w_.down_cols, plan.k_mlp, plan,
+                           Phase::mlp_a2a, Phase::down_proj, Phase::mlp_reduce);
+    if (!plan.flashcomm1) {
+      PhaseTimer timer(t, Phase::mlp_out_gather);
+      y = gather_tokens(tp, plan.move, y, plan.n_slice, n, d);
+    }
+  } else {
+    y.resize(sz(n, d));
+    {
+      PhaseTimer timer(t, Phase::down_proj);
+      kernels::matmul_wt(act.data(), hid, lw.w_down.data() + w_.down_own_col, w_.down_cols,
+                         y.data(), d, n, hid, d);
+    }
     PhaseTimer timer(t, Phase::mlp_reduce);
     if (plan.flashcomm1) {
-      y = reduce_scatter_tokens(tp, std::move(y), plan.n_slice, d);
+      y = reduce_scatter_tokens(tp, plan.reduce, std::move(y), plan.n_slice, d);
     } else if (tp.size() > 1) {
-      tp.all_reduce(y.data(), sz(n, d));
+      all_reduce_on(tp, plan.reduce, y.data(), sz(n, d));
     }
   }
 

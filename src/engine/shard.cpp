@@ -24,20 +24,25 @@ ShardedWeights shard_weights(const WeightSource& source, const ParallelConfig& c
   ShardedWeights s;
   s.config = c;
   s.heads = head_shard(c, config.tp_size, place.tp_rank);
+  s.tp_size = config.tp_size;
+  s.tp_rank = place.tp_rank;
   s.hidden_local = c.hidden_dim / config.tp_size;
   const int hd = c.head_dim;
   const int q_local = s.heads.n_q_heads * hd;
 
   // o_proj columns: the rank's own heads, or FlashComm2's block j of K, which
   // holds the G head blocks of ODP group j with the rank's own at index i.
-  int wo_col0 = place.tp_rank * q_local;
-  s.wo_cols = q_local;
-  s.wo_own_col = 0;
-  if (config.flashcomm2_on()) {
-    s.wo_cols = c.q_dim() / config.otp_size();
-    wo_col0 = place.odp_group * s.wo_cols;
-    s.wo_own_col = place.otp_group * q_local;
-  }
+  // down_proj the same with K_mlp over the hidden features.
+  const int tp = config.tp_size;
+  const int t = place.tp_rank;
+  s.wo_k = config.flashcomm2;
+  s.wo_cols = s.wo_k > 0 ? c.q_dim() / s.wo_k : q_local;
+  const int wo_col0 = flashcomm2_block_col(t, tp, s.wo_k > 0 ? s.wo_k : tp, c.q_dim());
+  s.wo_own_col = t * q_local - wo_col0;
+  s.down_k = config.flashcomm2_mlp;
+  s.down_cols = s.down_k > 0 ? c.hidden_dim / s.down_k : s.hidden_local;
+  const int down_col0 = flashcomm2_block_col(t, tp, s.down_k > 0 ? s.down_k : tp, c.hidden_dim);
+  s.down_own_col = t * s.hidden_local - down_col0;
 
   if (with_vocab) {
     s.token_embedding = source.rows(Tensor::token_embedding, 0, 0, c.vocab_size);
@@ -70,7 +75,7 @@ ShardedWeights shard_weights(const WeightSource& source, const ParallelConfig& c
     sl.wo = source.columns(Tensor::wo, l, wo_col0, s.wo_cols);
     sl.w_gate_up = source.rows(Tensor::w_gate, l, h0, s.hidden_local);
     append(sl.w_gate_up, source.rows(Tensor::w_up, l, h0, s.hidden_local));
-    sl.w_down = source.columns(Tensor::w_down, l, h0, s.hidden_local);
+    sl.w_down = source.columns(Tensor::w_down, l, down_col0, s.down_cols);
     s.layers.push_back(std::move(sl));
   }
   return s;

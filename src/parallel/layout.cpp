@@ -1,6 +1,8 @@
 // Group formulas, padding, chunk order and configuration checks.
 #include "flashcomm/layout.hpp"
 
+#include <algorithm>
+
 #include "flashcomm/error.hpp"
 
 namespace flashcomm {
@@ -83,6 +85,33 @@ HeadShard head_shard(const ModelConfig& model, int tp_size, int tp_rank) {
     s.kv_head0 = tp_rank / (tp_size / model.n_kv_heads);
   }
   return s;
+}
+
+Flashcomm2Place flashcomm2_place(int tp_rank, int tp_size, int k) {
+  FC_ASSERT(k > 0 && tp_size % k == 0 && tp_rank >= 0 && tp_rank < tp_size,
+            "tp_rank {} tp_size {} k {}", tp_rank, tp_size, k);
+  const int g = tp_size / k;
+  return {tp_rank % g, tp_rank / g};
+}
+
+int flashcomm2_block_col(int tp_rank, int tp_size, int k, int total_cols) {
+  FC_ASSERT(total_cols % tp_size == 0, "total_cols {} tp_size {}", total_cols, tp_size);
+  return flashcomm2_place(tp_rank, tp_size, k).j * (total_cols / k);
+}
+
+std::vector<RowRange> overlap_row_chunks(int n_slice, int chunks) {
+  FC_ASSERT(n_slice >= 1 && chunks >= 1, "n_slice {} chunks {}", n_slice, chunks);
+  const int panels = (n_slice + kPanelRows - 1) / kPanelRows;
+  const int n = std::min(chunks, panels);
+  std::vector<RowRange> out;
+  int panel = 0;
+  for (int c = 0; c < n; ++c) {
+    const int count = panels / n + (c < panels % n ? 1 : 0);
+    const int row0 = panel * kPanelRows;
+    out.push_back({row0, std::min((panel + count) * kPanelRows, n_slice) - row0});
+    panel += count;
+  }
+  return out;
 }
 
 const char* to_string(CommQuant quant) {
