@@ -182,6 +182,10 @@ const std::map<std::string, Case>& cases() {
       {"number-negative", [](const TempDir&) { return stories("--steps -1"); }},
       {"layout-tp", [](const TempDir&) { return stories("--tp 3"); }},
       {"layout-dp", [](const TempDir&) { return stories("--dp 0"); }},
+      {"layout-mlp-k", [](const TempDir&) { return stories("--flashcomm2-mlp 3"); }},
+      {"overlap-chunks-zero", [](const TempDir&) { return stories("--overlap-chunks 0"); }},
+      {"comm-quant-unknown", [](const TempDir&) { return stories("--comm-quant int4"); }},
+      {"comm-dtype-unknown", [](const TempDir&) { return stories("--comm-dtype fp16"); }},
       {"prompt-empty", [](const TempDir&) { return stories("--prompt '' --steps 30"); }},
       {"prompt-too-long",
        [](const TempDir&) {

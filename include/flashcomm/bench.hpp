@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,13 @@ struct BenchOptions {
   // Schemes to run, by family: "tp", "fc1", "fc2" (every valid K), "fc1+fc2"
   // (every valid K). Empty: all.
   std::vector<std::string> schemes;
+  // Variants measured beside each scheme they change, by name: "int8"
+  // (--comm-quant int8; schemes with an AllGather or AlltoAll), "bf16"
+  // (--comm-dtype bf16; every scheme but TP 1), "overlap" (overlap_chunks
+  // chunks; schemes with FlashComm1 or FlashComm2), "mlp" (down_proj
+  // FlashComm2 with the scheme's K, or K_mlp = 1 under FlashComm1 alone).
+  std::vector<std::string> variants;
+  int overlap_chunks = 4;
   int warmup = 2;
   int repeats = 5;
   std::uint64_t seed = 1;
@@ -47,7 +55,17 @@ struct BenchRow {
   double floor_s = 0.0;  // FLOPs / sgemm rate + bytes / bandwidth, per layer
   double speedup_vs_tp = 0.0;  // plain TP's median / this median, same TP and tokens
   double speedup_vs_fc1 = 0.0;  // FlashComm1's median / this median (0 when absent)
+  // Variant rows: the variant's name ("" for a base scheme), and the same
+  // scheme's median without it (0 when not measured). Overlap rows' comm_s is
+  // the communication left exposed; base_median_s - median_s the time saved.
+  std::string variant;
+  double base_median_s = 0.0;
+  double base_comm_s = 0.0;
 };
+
+// The variant of `base` named `variant` (see BenchOptions::variants), or
+// nothing when it does not change the scheme.
+std::optional<ParallelConfig> bench_variant(const ParallelConfig& base, const std::string& variant);
 
 // Collective over `world` (whose size is at least the largest TP). For each
 // TP size the first tp ranks run and the rest sleep; `profile_for(tp)` gives

@@ -6,6 +6,7 @@
 #include <map>
 #include <random>
 #include <thread>
+#include <tuple>
 
 #include "comm/mpi/mpi_check.hpp"
 #include "flashcomm/calibrate.hpp"
@@ -36,6 +37,24 @@ std::vector<float> random_hidden(int n_tokens, int d_model, std::uint64_t seed) 
 }
 
 }  // namespace
+
+std::optional<ParallelConfig> bench_variant(const ParallelConfig& base,
+                                            const std::string& variant) {
+  ParallelConfig v = base;
+  const bool moves = base.tp_size > 1 && (base.flashcomm1 || base.flashcomm2_on());
+  if (variant == "int8" && moves) {
+    v.comm_quant = CommQuant::int8;
+  } else if (variant == "bf16" && base.tp_size > 1) {
+    v.comm_dtype = CommDtype::bf16;
+  } else if (variant == "overlap" && moves) {
+    v.overlap_chunks = 0;  // set by the caller
+  } else if (variant == "mlp" && base.tp_size > 1 && (base.flashcomm1 || base.flashcomm2_on())) {
+    v.flashcomm2_mlp = base.flashcomm2_on() ? base.flashcomm2 : 1;
+  } else {
+    return std::nullopt;
+  }
+  return v;
+}
 
 std::string scheme_family(const ParallelConfig& pc) {
   if (pc.flashcomm1 && pc.flashcomm2_on()) {
@@ -177,6 +196,7 @@ std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
   struct Item {
     ParallelConfig pc;
     int n_tokens;
+    std::string variant;
   };
   std::vector<Item> items;
   for (int tp : options.tp_sizes) {
@@ -187,8 +207,20 @@ std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
         continue;
       }
       check_parallel_config(model, pc, tp);
+      std::vector<std::pair<ParallelConfig, std::string>> runs = {{pc, ""}};
+      for (const std::string& name : options.variants) {
+        if (std::optional<ParallelConfig> v = bench_variant(pc, name)) {
+          if (name == "overlap") {
+            v->overlap_chunks = options.overlap_chunks;
+          }
+          check_parallel_config(model, *v, tp);
+          runs.emplace_back(*v, name);
+        }
+      }
       for (int n : options.token_counts) {
-        items.push_back({pc, n});
+        for (const auto& [run, name] : runs) {
+          items.push_back({run, n, name});
+        }
       }
     }
   }
@@ -201,6 +233,7 @@ std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
     FC_CHECK_MPI(MPI_Comm_split(world, rank < tp ? 0 : MPI_UNDEFINED, rank, &sub));
     if (sub != MPI_COMM_NULL) {
       BenchRow row = measure(sub, source, item.pc, item.n_tokens, context, options);
+      row.variant = item.variant;
       FC_CHECK_MPI(MPI_Comm_free(&sub));
       const HardwareProfile& profile = profile_for(tp);
       const LayerCost cost = predict_layer(model, item.pc, item.n_tokens, profile);
@@ -218,20 +251,47 @@ std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
   }
 
   // Speed-ups against plain TP and FlashComm1 of the same TP size and tokens.
+  // Each variant row against its base scheme (same TP size, tokens, scheme).
   std::map<std::pair<int, int>, double> plain;
   std::map<std::pair<int, int>, double> fc1;
+  std::map<std::tuple<int, int, std::string>, const BenchRow*> base;
   for (const BenchRow& r : rows) {
     const auto key = std::make_pair(r.parallel.tp_size, r.n_tokens);
+    if (!r.variant.empty()) {
+      continue;
+    }
+    base[{r.parallel.tp_size, r.n_tokens, r.scheme}] = &r;
     if (scheme_family(r.parallel) == "tp") {
       plain[key] = r.median_s;
     } else if (scheme_family(r.parallel) == "fc1") {
       fc1[key] = r.median_s;
     }
   }
-  for (BenchRow& r : rows) {
+  std::vector<std::pair<double, double>> base_times(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const BenchRow& r = rows[i];
+    if (r.variant.empty()) {
+      continue;
+    }
+    ParallelConfig b = r.parallel;
+    b.comm_quant = CommQuant::none;
+    b.comm_dtype = CommDtype::f32;
+    b.overlap_chunks = 1;
+    if (r.variant == "mlp") {
+      b.flashcomm2_mlp = 0;
+    }
+    const auto it = base.find({b.tp_size, r.n_tokens, scheme_name(b)});
+    if (it != base.end()) {
+      base_times[i] = {it->second->median_s, it->second->comm_s};
+    }
+  }
+  for (size_t i = 0; i < rows.size(); ++i) {
+    BenchRow& r = rows[i];
     const auto key = std::make_pair(r.parallel.tp_size, r.n_tokens);
     r.speedup_vs_tp = plain.count(key) != 0 ? plain[key] / r.median_s : 0.0;
     r.speedup_vs_fc1 = fc1.count(key) != 0 ? fc1[key] / r.median_s : 0.0;
+    r.base_median_s = base_times[i].first;
+    r.base_comm_s = base_times[i].second;
   }
   return rows;
 }

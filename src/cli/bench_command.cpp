@@ -39,6 +39,8 @@ struct BenchCommandOptions {
   std::vector<int> tokens = {16, 64, 256};
   std::vector<int> tp = {2};
   std::vector<std::string> schemes;
+  std::vector<std::string> variants;  // see BenchOptions::variants
+  int overlap_chunks = 4;
   int warmup = 2;
   int repeats = 5;
   std::string hardware;  // empty: calibrate in this run
@@ -89,6 +91,19 @@ void check_options(BenchCommandOptions& o) {
     if (s != "tp" && s != "fc1" && s != "fc2" && s != "fc1+fc2") {
       throw ConfigError(fmt::format("--schemes {} is not one of tp, fc1, fc2, fc1+fc2", s));
     }
+  }
+  for (std::string& v : o.variants) {
+    v = trimmed(v);
+  }
+  sort_unique(o.variants);
+  for (const std::string& v : o.variants) {
+    if (v != "int8" && v != "bf16" && v != "overlap" && v != "mlp") {
+      throw ConfigError(fmt::format("--variants {} is not one of int8, bf16, overlap, mlp", v));
+    }
+  }
+  if (o.overlap_chunks < 2 || o.overlap_chunks > 64) {
+    throw ConfigError(
+        fmt::format("--overlap-chunks {} must be between 2 and 64", o.overlap_chunks));
   }
   if (o.layers != -1 && o.layers < 1) {
     throw ConfigError(
@@ -205,7 +220,8 @@ json optional_json(double v) {
 std::string csv_header() {
   std::string h =
       "model,layers,tp,scheme,flashcomm1,flashcomm2,tokens,median_s,min_s,max_s,compute_s,comm_s,"
-      "bytes_per_rank,speedup_vs_tp,speedup_vs_fc1,predicted_s,floor_s";
+      "bytes_per_rank,speedup_vs_tp,speedup_vs_fc1,predicted_s,floor_s,variant,base_median_s,"
+      "base_comm_s";
   for (int i = 0; i < kPhaseCount; ++i) {
     h += fmt::format(",{}_s", to_string(static_cast<Phase>(i)));
   }
@@ -219,6 +235,8 @@ std::string csv_row(const std::string& model, const BenchRow& r) {
       r.parallel.flashcomm2, r.n_tokens, r.median_s, r.min_s, r.max_s, r.compute_s, r.comm_s,
       r.bytes_per_rank, optional_number(r.speedup_vs_tp), optional_number(r.speedup_vs_fc1),
       r.predicted_s, r.floor_s);
+  line += fmt::format(",{},{},{}", r.variant, optional_number(r.base_median_s),
+                      optional_number(r.base_comm_s));
   for (double s : r.phases.seconds) {
     line += fmt::format(",{:.9g}", s);
   }
@@ -246,7 +264,12 @@ json row_json(const BenchRow& r) {
           {"speedup_vs_tp", optional_json(r.speedup_vs_tp)},
           {"speedup_vs_fc1", optional_json(r.speedup_vs_fc1)},
           {"predicted_s", r.predicted_s},
-          {"floor_s", r.floor_s}};
+          {"floor_s", r.floor_s},
+          {"variant", r.variant.empty() ? json(nullptr) : json(r.variant)},
+          {"base_median_s", optional_json(r.base_median_s)},
+          {"base_comm_s", optional_json(r.base_comm_s)},
+          {"saved_vs_base_s",
+           r.base_median_s > 0 ? json(r.base_median_s - r.median_s) : json(nullptr)}};
 }
 
 void write_file(const std::filesystem::path& path, const std::string& text) {
@@ -319,6 +342,25 @@ void report(const BenchCommandOptions& o, const std::map<int, HardwareProfile>& 
   fmt::print(
       "\ntimes in ms per layer; predicted: the cost model; floor: FLOPs at the sgemm rate "
       "+ collective bytes at the fitted bandwidth\n");
+  bool any_variant = false;
+  for (const BenchRow& r : rows) {
+    if (r.variant.empty() || r.base_median_s <= 0) {
+      continue;
+    }
+    if (!any_variant) {
+      fmt::print("\n{:>3} {:<40} {:>6} {:>9} {:>9} {:>9} {:>9} {:>12}\n", "tp", "variant", "tokens",
+                 "base ms", "ms", "saved ms", "base comm", "comm (exp.)");
+      any_variant = true;
+    }
+    fmt::print("{:>3} {:<40} {:>6} {:>9.3f} {:>9.3f} {:>+9.3f} {:>9.3f} {:>12.3f}\n",
+               r.parallel.tp_size, r.scheme, r.n_tokens, r.base_median_s * 1e3, r.median_s * 1e3,
+               (r.base_median_s - r.median_s) * 1e3, r.base_comm_s * 1e3, r.comm_s * 1e3);
+  }
+  if (any_variant) {
+    fmt::print(
+        "saved: the same scheme without the variant minus with it; comm: communication phases, "
+        "under overlap the part left exposed\n");
+  }
   json profile_list = json::array();
   for (const auto& [tp, p] : profiles) {
     fmt::print(
@@ -428,6 +470,8 @@ int bench_main(const BenchCommandOptions& raw, int argc, char** argv) {
     bopt.token_counts = o.tokens;
     bopt.tp_sizes = o.tp;
     bopt.schemes = o.schemes;
+    bopt.variants = o.variants;
+    bopt.overlap_chunks = o.overlap_chunks;
     bopt.warmup = o.warmup;
     bopt.repeats = o.repeats;
     const auto progress = [](const BenchRow& r, int done, int total) {
@@ -481,6 +525,14 @@ Command add_bench_command(CLI::App& app, int argc, char** argv) {
   cmd->add_option("--schemes", o->schemes, "tp, fc1, fc2, fc1+fc2 (default: all; fc2 = every K)")
       ->delimiter(',')
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--variants", o->variants,
+                  "also measure each scheme with: int8 (--comm-quant int8), bf16 (--comm-dtype "
+                  "bf16), overlap (--overlap-chunks), mlp (down_proj FlashComm2)")
+      ->delimiter(',')
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--overlap-chunks", o->overlap_chunks, "chunks of the overlap variant")
+      ->capture_default_str()
+      ->transform(decimal_integer());
   cmd->add_option("--warmup", o->warmup, "untimed runs first")
       ->capture_default_str()
       ->transform(decimal_integer());

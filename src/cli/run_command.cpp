@@ -17,7 +17,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <map>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -367,17 +366,23 @@ void add_run_options(CLI::App& run, RunOptions& o) {
                  "columns")
       ->capture_default_str()
       ->transform(decimal_integer());
-  run.add_option("--comm-quant", o.parallel.comm_quant,
-                 "int8: AlltoAll and AllGather payloads as int8 with one float scale per token "
-                 "row; none: as --comm-dtype")
-      ->transform(CLI::CheckedTransformer(
-          std::map<std::string, CommQuant>{{"none", CommQuant::none}, {"int8", CommQuant::int8}}))
+  run.add_option_function<std::string>(
+         "--comm-quant",
+         [&o](const std::string& v) {
+           o.parallel.comm_quant = v == "int8" ? CommQuant::int8 : CommQuant::none;
+         },
+         "int8: AlltoAll and AllGather payloads as int8 with one float scale per token row; "
+         "none: as --comm-dtype")
+      ->check(CLI::IsMember({"none", "int8"}))
       ->default_str("none");
-  run.add_option("--comm-dtype", o.parallel.comm_dtype,
-                 "payload type of every collective int8 does not cover: f32 or bf16 (bf16 "
-                 "reductions sum in bf16)")
-      ->transform(CLI::CheckedTransformer(
-          std::map<std::string, CommDtype>{{"f32", CommDtype::f32}, {"bf16", CommDtype::bf16}}))
+  run.add_option_function<std::string>(
+         "--comm-dtype",
+         [&o](const std::string& v) {
+           o.parallel.comm_dtype = v == "bf16" ? CommDtype::bf16 : CommDtype::f32;
+         },
+         "payload type of every collective int8 does not cover: f32 or bf16 (bf16 reductions "
+         "sum in bf16)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
       ->default_str("f32");
   run.add_option("--overlap-chunks", o.parallel.overlap_chunks,
                  "split FlashComm1's AllGathers and FlashComm2's AlltoAlls into C token chunks "
