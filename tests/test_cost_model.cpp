@@ -468,6 +468,9 @@ void expect_same(const HardwareProfile& a, const HardwareProfile& b) {
   EXPECT_EQ(a.memory_bandwidth_Bps, b.memory_bandwidth_Bps);
   EXPECT_EQ(a.activation_bytes, b.activation_bytes);
   EXPECT_EQ(a.ranks_per_node, b.ranks_per_node);
+  EXPECT_EQ(a.overlap_efficiency, b.overlap_efficiency);
+  EXPECT_EQ(a.exp_per_s, b.exp_per_s);
+  EXPECT_EQ(a.gemm_flops_by_rows, b.gemm_flops_by_rows);
   for (const auto* tables : {&a.collectives, &a.cross_node_collectives}) {
     const auto& other = tables == &a.collectives ? b.collectives : b.cross_node_collectives;
     ASSERT_EQ(tables->size(), other.size());
@@ -488,14 +491,15 @@ TEST(Profiles, EveryBuiltInIsValidDocumentedAndRoundTrips) {
   const std::vector<std::string> names = builtin_profile_names();
   EXPECT_EQ(std::set<std::string>(names.begin(), names.end()),
             (std::set<std::string>{"ascend-910b", "h100-sxm", "h200-sxm", "a100-sxm", "l40-pcie",
-                                   "ib-cluster"}));
+                                   "ib-cluster", "cpu-openmpi"}));
   const test::TempDir dir("profiles");
   for (const std::string& name : names) {
     const HardwareProfile p = builtin_profile(name);
     EXPECT_EQ(p.name, name);
     EXPECT_FALSE(p.source.empty()) << name;
     EXPECT_FALSE(p.description.empty()) << name;
-    EXPECT_EQ(p.activation_bytes, 2) << name << " runs bf16";
+    EXPECT_EQ(p.activation_bytes, name == "cpu-openmpi" ? 4 : 2)
+        << name << " runs bf16 (fp32 on the CPU)";
     EXPECT_NO_THROW(check_profile(p, name));
     EXPECT_EQ(p.collectives.size(), 4U) << name;
     const std::string path = dir.file(name + ".json");
@@ -887,6 +891,44 @@ TEST(Presets, AnyShapeFromAString) {
                           "shape:d_model=64,n_heads=8,n_kv_heads=3,hidden_dim=4,n_layers=1"}) {
     EXPECT_THROW(named_model(bad), ConfigError) << bad;
   }
+}
+
+}  // namespace
+}  // namespace flashcomm
+
+// ---- (g) overlap efficiency in profiles ----------------------------------------
+
+namespace flashcomm {
+namespace {
+
+TEST(Profiles, OverlapEfficiencyIsOptionalCheckedAndRoundTrips) {
+  for (const std::string& name : builtin_profile_names()) {
+    const HardwareProfile p = builtin_profile(name);
+    if (name == "cpu-openmpi") {
+      EXPECT_EQ(p.overlap_efficiency, 0.0) << "OpenMPI on CPUs has no progress thread";
+    } else {
+      EXPECT_EQ(p.overlap_efficiency, 1.0) << name << ": NCCL / HCCL run on their own stream";
+      EXPECT_NE(p.source.find("overlap_efficiency 1"), std::string::npos) << name;
+    }
+  }
+  const test::TempDir dir("overlap");
+  write(dir.file("none.json"), good_json());
+  EXPECT_EQ(load_profile(dir.file("none.json")).overlap_efficiency, 0.0) << "absent: 0";
+  HardwareProfile p = load_profile(dir.file("none.json"));
+  p.overlap_efficiency = 0.25;
+  save_profile(p, dir.file("quarter.json"));
+  EXPECT_EQ(load_profile(dir.file("quarter.json")).overlap_efficiency, 0.25);
+
+  const std::string g = good_json();
+  const auto with = [&](const std::string& value) {
+    return replaced(g, R"("name": "mine",)",
+                    fmt::format(R"("name": "mine", "overlap_efficiency": {},)", value));
+  };
+  expect_bad_profile(with("1.5"), "overlap_efficiency is 1.5, expected a value from 0 to 1");
+  expect_bad_profile(with("-0.1"), "overlap_efficiency is -0.1, expected a value from 0 to 1");
+  expect_bad_profile(with(R"("full")"), R"(overlap_efficiency is "full", expected a number)");
+  p.overlap_efficiency = 2.0;
+  EXPECT_THROW(check_profile(p, "test"), FormatError);
 }
 
 }  // namespace

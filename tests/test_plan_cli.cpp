@@ -111,7 +111,8 @@ TEST(PlanCli, BadInputsAreRefusedWithAClearMessage) {
       "deepseek-v3-attn, stories260K), a shape:... nor a checkpoint file or directory");
   expect_refused("plan --model llama-3-8b --hardware tpu-v9 --tp 8 --tokens 16", 2,
                  "unknown hardware profile 'tpu-v9': not a built-in profile (ascend-910b, "
-                 "h100-sxm, h200-sxm, a100-sxm, l40-pcie, ib-cluster) and no such JSON file");
+                 "h100-sxm, h200-sxm, a100-sxm, l40-pcie, ib-cluster, cpu-openmpi) and no such "
+                 "JSON file");
   expect_refused("plan --model llama-3-8b --hardware h100-sxm --tp 3 --tokens 16", 2,
                  "--tp 3 must divide the model's n_heads 32");
   expect_refused("plan --model llama-3-8b --hardware h100-sxm --tp 8 --tokens 0", 2,

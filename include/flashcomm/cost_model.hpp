@@ -67,6 +67,14 @@ struct HardwareProfile {
   // cross_node_collectives instead. 0: one node holds every group.
   int ranks_per_node = 0;
   std::map<CommOp, std::vector<CollectiveFit>> cross_node_collectives;
+
+  // The share, 0 to 1, of a non-blocking collective's transfer time that
+  // elapses while the rank computes instead of waiting in MPI_Wait: 1 when
+  // the transfer runs on its own engine (NCCL / HCCL streams, DMA), 0 when it
+  // only moves while the rank is inside the library (OpenMPI on CPUs without
+  // a progress thread: a large message waits for the wait). It prices the
+  // overlap of ParallelConfig::overlap_chunks; 0 unless measured.
+  double overlap_efficiency = 0.0;
 };
 
 // The GEMM rate for an activation of `rows` rows: gemm_flops_by_rows
