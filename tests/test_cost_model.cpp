@@ -3,8 +3,10 @@
 // profiles (built-in and JSON), and the planner's choices.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <tuple>
@@ -468,6 +470,9 @@ void expect_same(const HardwareProfile& a, const HardwareProfile& b) {
   EXPECT_EQ(a.memory_bandwidth_Bps, b.memory_bandwidth_Bps);
   EXPECT_EQ(a.activation_bytes, b.activation_bytes);
   EXPECT_EQ(a.ranks_per_node, b.ranks_per_node);
+  EXPECT_EQ(a.overlap_efficiency, b.overlap_efficiency);
+  EXPECT_EQ(a.exp_per_s, b.exp_per_s);
+  EXPECT_EQ(a.gemm_flops_by_rows, b.gemm_flops_by_rows);
   for (const auto* tables : {&a.collectives, &a.cross_node_collectives}) {
     const auto& other = tables == &a.collectives ? b.collectives : b.cross_node_collectives;
     ASSERT_EQ(tables->size(), other.size());
@@ -488,14 +493,15 @@ TEST(Profiles, EveryBuiltInIsValidDocumentedAndRoundTrips) {
   const std::vector<std::string> names = builtin_profile_names();
   EXPECT_EQ(std::set<std::string>(names.begin(), names.end()),
             (std::set<std::string>{"ascend-910b", "h100-sxm", "h200-sxm", "a100-sxm", "l40-pcie",
-                                   "ib-cluster"}));
+                                   "ib-cluster", "cpu-openmpi"}));
   const test::TempDir dir("profiles");
   for (const std::string& name : names) {
     const HardwareProfile p = builtin_profile(name);
     EXPECT_EQ(p.name, name);
     EXPECT_FALSE(p.source.empty()) << name;
     EXPECT_FALSE(p.description.empty()) << name;
-    EXPECT_EQ(p.activation_bytes, 2) << name << " runs bf16";
+    EXPECT_EQ(p.activation_bytes, name == "cpu-openmpi" ? 4 : 2)
+        << name << " runs bf16 (fp32 on the CPU)";
     EXPECT_NO_THROW(check_profile(p, name));
     EXPECT_EQ(p.collectives.size(), 4U) << name;
     const std::string path = dir.file(name + ".json");
@@ -887,6 +893,753 @@ TEST(Presets, AnyShapeFromAString) {
                           "shape:d_model=64,n_heads=8,n_kv_heads=3,hidden_dim=4,n_layers=1"}) {
     EXPECT_THROW(named_model(bad), ConfigError) << bad;
   }
+}
+
+}  // namespace
+}  // namespace flashcomm
+
+// ---- (g) payload formats, overlap, FlashComm2 for down_proj -------------------
+
+namespace flashcomm {
+namespace {
+
+// Every variant candidate_schemes() can list, C = 3 for overlap.
+CandidateOptions every_variant() {
+  CandidateOptions o;
+  o.int8 = true;
+  o.bf16 = true;
+  o.overlap_chunks = {3};
+  o.flashcomm2_mlp = true;
+  return o;
+}
+
+// (op, group, group size, bytes, calls) of one phase's collectives.
+using Call = std::tuple<CommOp, std::string, int, std::int64_t, int>;
+
+// Bytes on the wire of `rows` token rows of `cols` floats (layout.hpp and
+// the engine's wire formats): int8 rows of cols bytes plus a 4-byte scale
+// for AllGather and AlltoAll; 2-byte elements under bf16; else 4 bytes.
+std::int64_t wire(const ParallelConfig& pc, CommOp op, std::int64_t rows, std::int64_t cols) {
+  const bool moves = op == CommOp::all_gather || op == CommOp::all_to_all;
+  if (moves && pc.comm_quant == CommQuant::int8) {
+    return rows * (cols + 4);
+  }
+  return rows * cols * (pc.comm_dtype == CommDtype::bf16 ? 2 : 4);
+}
+
+// The collectives of one fp32 layer under any ParallelConfig, from the
+// engine's buffers: overlap splits an overlapped pair's collective into
+// min(C, n_slice) calls whose bytes add up to the unsplit one's.
+std::map<Phase, Call> expected_calls(const ModelConfig& m, const ParallelConfig& pc, int n) {
+  const int tp = pc.tp_size;
+  const std::int64_t np = std::int64_t{(n + tp - 1) / tp} * tp;
+  const std::int64_t ns = np / tp;
+  const std::int64_t d = m.d_model;
+  const std::int64_t q_local = std::int64_t{m.n_heads} / tp * m.head_dim;
+  const std::int64_t hid = m.hidden_dim / tp;
+  const int chunks = static_cast<int>(std::min<std::int64_t>(pc.overlap_chunks, ns));
+  std::map<Phase, Call> out;
+  if (tp == 1) {
+    return out;
+  }
+  const auto call = [&](CommOp op, const std::string& group, int size, std::int64_t rows,
+                        std::int64_t cols, int calls) {
+    return Call{op, group, size, formula_bytes(op, size, wire(pc, op, rows, cols)), calls};
+  };
+  const auto reduction = [&](Phase phase) {
+    out[phase] = pc.flashcomm1 ? call(CommOp::reduce_scatter, "tp", tp, np, d, 1)
+                               : call(CommOp::all_reduce, "tp", tp, n, d, 1);
+  };
+  // o_proj (in = q_local per rank) or down_proj (in = hid per rank).
+  const auto flashcomm2 = [&](int k, std::int64_t in, Phase a2a, Phase reduce, Phase gather) {
+    out[a2a] = call(CommOp::all_to_all, k == 1 ? "tp" : "odp", tp / k, np, in, chunks);
+    if (k > 1) {
+      out[reduce] = call(CommOp::reduce_scatter, "otp", k, k * ns, d, 1);
+    }
+    if (!pc.flashcomm1) {
+      out[gather] = call(CommOp::all_gather, "tp", tp, np, d, 1);
+    }
+  };
+  if (pc.flashcomm1) {
+    out[Phase::attn_gather] = call(CommOp::all_gather, "tp", tp, np, d, chunks);
+    out[Phase::mlp_gather] = call(CommOp::all_gather, "tp", tp, np, d, chunks);
+  }
+  if (pc.flashcomm2_on()) {
+    flashcomm2(pc.flashcomm2, q_local, Phase::o_proj_a2a, Phase::o_proj_reduce,
+               Phase::o_proj_gather);
+  } else {
+    reduction(Phase::o_proj_reduce);
+  }
+  if (pc.flashcomm2_mlp_on()) {
+    flashcomm2(pc.flashcomm2_mlp, hid, Phase::mlp_a2a, Phase::mlp_reduce, Phase::mlp_out_gather);
+  } else {
+    reduction(Phase::mlp_reduce);
+  }
+  return out;
+}
+
+std::map<Phase, Call> predicted_calls(const LayerCost& layer) {
+  std::map<Phase, Call> out;
+  for (const PhaseCost& p : layer.phases) {
+    if (p.has_collective()) {
+      out[p.phase] = {p.op, p.group, p.group_size, p.comm_bytes, p.calls};
+    }
+  }
+  return out;
+}
+
+TEST(CostModel, VariantBytesEqualTheEngineFormulas) {
+  const HardwareProfile p = fp32(builtin_profile("h100-sxm"));
+  const std::vector<ModelConfig> randoms = test::random_test_configs();
+  struct Case {
+    ModelConfig model;
+    int tp;
+    std::vector<int> tokens;
+  };
+  const std::vector<Case> cases = {
+      {preset_config("stories260K"), 4, {117, 1, 5, 13}},  // n_slice below and above C
+      {preset_config("stories260K"), 2, {9}},
+      {randoms[0], 6, {1, 13}},
+      {randoms[1], 8, {3, 64}},
+      {preset_config("qwen3-32b"), 8, {4097}},
+  };
+  int checked = 0;
+  for (const Case& c : cases) {
+    for (const ParallelConfig& pc : candidate_schemes(c.tp, 1, every_variant())) {
+      for (int n : c.tokens) {
+        SCOPED_TRACE(fmt::format("{} at TP {}, {} tokens, d_model {}", scheme_name(pc), c.tp, n,
+                                 c.model.d_model));
+        const PrefillCost cost = predict_prefill_cost(c.model, pc, n, p);
+        EXPECT_EQ(predicted_calls(cost.layer), expected_calls(c.model, pc, n));
+        // FlashComm1's final AllGather, [n_padded, d] out, never overlapped.
+        const std::int64_t np = std::int64_t{(n + c.tp - 1) / c.tp} * c.tp;
+        EXPECT_EQ(cost.final_gather_bytes,
+                  pc.flashcomm1 ? formula_bytes(CommOp::all_gather, c.tp,
+                                                wire(pc, CommOp::all_gather, np, c.model.d_model))
+                                : 0);
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 1000);
+}
+
+TEST(CostModel, VariantBytesByHand) {
+  // stories260K (d_model 64, 8 heads of 8, hidden 172) at TP 4, 117 tokens:
+  // n_padded 120, n_slice 30; per rank q_local 16, hid 43.
+  const ModelConfig m = preset_config("stories260K");
+  const HardwareProfile p = fp32(builtin_profile("h100-sxm"));
+  const auto bytes = [&](ParallelConfig pc, Phase phase) {
+    const LayerCost layer = predict_layer(m, pc, 117, p);
+    const PhaseCost* ph = layer.find(phase);
+    return ph == nullptr ? std::int64_t{-1} : ph->comm_bytes;
+  };
+  ParallelConfig fc1 = layout(4, true, 0);
+  fc1.comm_quant = CommQuant::int8;
+  EXPECT_EQ(bytes(fc1, Phase::attn_gather), 6120) << "3/4 * 120 rows * (64 + 4)";
+  EXPECT_EQ(bytes(fc1, Phase::o_proj_reduce), 23040) << "reductions stay f32: 3/4 * 120*64*4";
+  fc1.comm_dtype = CommDtype::bf16;
+  EXPECT_EQ(bytes(fc1, Phase::attn_gather), 6120) << "int8 wins over bf16";
+  EXPECT_EQ(bytes(fc1, Phase::o_proj_reduce), 11520) << "3/4 * 120*64*2";
+
+  ParallelConfig plain = layout(4, false, 0);
+  plain.comm_dtype = CommDtype::bf16;
+  EXPECT_EQ(bytes(plain, Phase::mlp_reduce), 22464) << "2 * 3/4 * 117*64*2";
+
+  ParallelConfig fc2 = layout(4, false, 2);
+  fc2.comm_quant = CommQuant::int8;
+  EXPECT_EQ(bytes(fc2, Phase::o_proj_a2a), 1200) << "1/2 * 120 rows * (16 + 4), over ODP of 2";
+
+  ParallelConfig down = layout(4, false, 0);
+  down.flashcomm2_mlp = 2;
+  EXPECT_EQ(bytes(down, Phase::mlp_a2a), 10320) << "1/2 * 120*43*4 over ODP of 2";
+  EXPECT_EQ(bytes(down, Phase::mlp_reduce), 7680) << "1/2 * (2*30)*64*4 over OTP of 2";
+  EXPECT_EQ(bytes(down, Phase::mlp_out_gather), 23040) << "3/4 * 120*64*4 over TP";
+  down.comm_quant = CommQuant::int8;
+  EXPECT_EQ(bytes(down, Phase::mlp_a2a), 2820) << "1/2 * 120 * (43 + 4)";
+  EXPECT_EQ(bytes(down, Phase::mlp_out_gather), 6120) << "3/4 * 120 * (64 + 4)";
+  EXPECT_EQ(bytes(down, Phase::mlp_reduce), 7680);
+}
+
+TEST(CostModel, DownProjFlashComm2RunsTheRewrittenShapes) {
+  const ModelConfig m = preset_config("llama-3-8b");  // d 4096, hidden 14336, 32 heads
+  const HardwareProfile p = builtin_profile("h100-sxm");
+  ParallelConfig pc = layout(8, true, 2);
+  pc.flashcomm2_mlp = 4;
+  const LayerCost layer = predict_layer(m, pc, 1000, p);
+  std::vector<Phase> order;
+  for (const PhaseCost& ph : layer.phases) {
+    order.push_back(ph.phase);
+  }
+  EXPECT_EQ(order,
+            (std::vector<Phase>{
+                Phase::attn_norm, Phase::attn_gather, Phase::qkv_proj, Phase::attention,
+                Phase::o_proj_a2a, Phase::o_proj_gemm, Phase::o_proj_reduce, Phase::attn_residual,
+                Phase::mlp_norm, Phase::mlp_gather, Phase::gate_up_proj, Phase::activation,
+                Phase::mlp_a2a, Phase::down_proj, Phase::mlp_reduce, Phase::mlp_residual}))
+      << "with FlashComm1 the slice is kept: no mlp_out_gather";
+  // n_padded 1000, n_slice 125: down GEMM [4*125, 14336/4] . [4096, 14336/4]^T.
+  EXPECT_DOUBLE_EQ(layer.find(Phase::down_proj)->flops, 2.0 * 500 * 3584 * 4096);
+  const PhaseCost* a2a = layer.find(Phase::mlp_a2a);
+  EXPECT_EQ(a2a->group, "odp");
+  EXPECT_EQ(a2a->group_size, 2) << "G_mlp = 8/4, while o_proj's ODP has 4 ranks";
+  EXPECT_EQ(layer.find(Phase::o_proj_a2a)->group_size, 4);
+  EXPECT_EQ(layer.find(Phase::mlp_reduce)->group, "otp");
+  EXPECT_EQ(layer.find(Phase::mlp_reduce)->group_size, 4);
+
+  // Without FlashComm1 the slices are gathered over TP; with K_mlp = 1
+  // there is no OTP ReduceScatter and the AlltoAll runs over TP.
+  pc.flashcomm1 = false;
+  pc.flashcomm2_mlp = 1;
+  const LayerCost k1 = predict_layer(m, pc, 1000, p);
+  EXPECT_EQ(k1.find(Phase::mlp_reduce), nullptr);
+  EXPECT_EQ(k1.find(Phase::mlp_a2a)->group, "tp");
+  EXPECT_EQ(k1.find(Phase::mlp_a2a)->group_size, 8);
+  ASSERT_NE(k1.find(Phase::mlp_out_gather), nullptr);
+  EXPECT_EQ(k1.find(Phase::mlp_out_gather)->op, CommOp::all_gather);
+  EXPECT_DOUBLE_EQ(k1.find(Phase::down_proj)->flops, 2.0 * 125 * 14336 * 4096);
+  // The copies around the AlltoAll: K = 1 zeroes the padding rows only
+  // (none here) and the concatenation reads and writes the received buffer.
+  EXPECT_DOUBLE_EQ(k1.find(Phase::mlp_a2a)->bytes_moved, 2.0 * 1000 * 1792 * 2);
+}
+
+TEST(CostModel, ExtraDownProjMemoryMatchesTheFormula) {
+  const ModelConfig m = preset_config("deepseek-v3-attn");
+  // d_model * hidden_dim * n_layers * weight_bytes = 7168 * 18432 * 61 * 2.
+  const double full = 7168.0 * 18432.0 * 61.0 * 2.0;
+  EXPECT_DOUBLE_EQ(extra_down_proj_bytes(m, 8, 4, 2), full * (1.0 / 4 - 1.0 / 8));
+  EXPECT_DOUBLE_EQ(extra_down_proj_bytes(m, 8, 4, 2), 2014838784.0);
+  EXPECT_DOUBLE_EQ(extra_down_proj_bytes(m, 8, 1, 2), full * 7.0 / 8);
+  EXPECT_DOUBLE_EQ(extra_down_proj_bytes(m, 8, 0, 2), 0.0) << "off";
+}
+
+TEST(CostModel, PayloadConversionIsMemoryTrafficOfTheCommPhase) {
+  // fp32 activations (the CPU engine): FlashComm1 at TP 4, 117 tokens of
+  // stories260K; n_padded 120, n_slice 30, d 64.
+  const ModelConfig m = preset_config("stories260K");
+  const HardwareProfile p = fp32(builtin_profile("h100-sxm"));
+  const ParallelConfig f32 = layout(4, true, 0);
+  ParallelConfig q = f32;
+  q.comm_quant = CommQuant::int8;
+  q.comm_dtype = CommDtype::bf16;
+  const LayerCost base = predict_layer(m, f32, 117, p);
+  const LayerCost conv = predict_layer(m, q, 117, p);
+  // int8 AllGather: encode reads the own 30 rows twice and writes 30*(64+4)
+  // bytes; decode reads all 120 rows' bytes and writes 120 rows of floats.
+  const double gather = 2.0 * 30 * 64 * 4 + 30 * 68 + 120 * 68 + 120 * 64 * 4;
+  // bf16 ReduceScatter: encode [120, 64] floats, decode the [30, 64] slice.
+  const double reduce = 120.0 * 64 * (4 + 2) + 30.0 * 64 * (2 + 4);
+  for (Phase phase :
+       {Phase::attn_gather, Phase::mlp_gather, Phase::o_proj_reduce, Phase::mlp_reduce}) {
+    const PhaseCost* a = base.find(phase);
+    const PhaseCost* b = conv.find(phase);
+    ASSERT_TRUE(a != nullptr && b != nullptr) << to_string(phase);
+    const double extra = b->op == CommOp::all_gather ? gather : reduce;
+    EXPECT_DOUBLE_EQ(b->bytes_moved - a->bytes_moved, extra) << to_string(phase);
+  }
+  // Compute phases are untouched.
+  for (size_t i = 0; i < base.phases.size(); ++i) {
+    if (kind_of(base.phases[i].phase) == PhaseKind::compute) {
+      EXPECT_EQ(base.phases[i].seconds, conv.phases[i].seconds) << to_string(base.phases[i].phase);
+    }
+  }
+
+  // With 2-byte activations (the GPU profiles) bf16 is what is sent already:
+  // no conversion, the same bytes and seconds.
+  const HardwareProfile gpu = builtin_profile("h100-sxm");
+  ParallelConfig bf16 = f32;
+  bf16.comm_dtype = CommDtype::bf16;
+  const LayerCost g0 = predict_layer(m, f32, 117, gpu);
+  const LayerCost g1 = predict_layer(m, bf16, 117, gpu);
+  EXPECT_EQ(g0.total_s, g1.total_s);
+  EXPECT_EQ(predicted_calls(g0), predicted_calls(g1));
+}
+
+// The exposed seconds of an overlapped comm phase, and its hidden ones.
+struct Exposure {
+  double seconds = 0.0;
+  double hidden = 0.0;
+  std::int64_t bytes = 0;
+};
+
+Exposure exposure(const LayerCost& layer, Phase phase) {
+  const PhaseCost* p = layer.find(phase);
+  EXPECT_NE(p, nullptr) << to_string(phase);
+  return p == nullptr ? Exposure{} : Exposure{p->seconds, p->hidden_s, p->comm_bytes};
+}
+
+TEST(CostModel, OverlapHidesTransfersOnlyWhenTheyProgressDuringCompute) {
+  // Llama-3-70B at TP 8, 8192 tokens, every overlapped pair present.
+  const ModelConfig m = preset_config("llama-3-70b");
+  HardwareProfile async = builtin_profile("h100-sxm");
+  ASSERT_EQ(async.overlap_efficiency, 1.0);
+  HardwareProfile blocking = async;
+  blocking.overlap_efficiency = 0.0;
+  ParallelConfig pc = layout(8, true, 1);
+  pc.flashcomm2_mlp = 2;
+  const std::vector<Phase> pairs = {Phase::attn_gather, Phase::mlp_gather, Phase::o_proj_a2a,
+                                    Phase::mlp_a2a};
+  const LayerCost one = predict_layer(m, pc, 8192, async);
+  for (int c : {2, 4, 8}) {
+    ParallelConfig chunked = pc;
+    chunked.overlap_chunks = c;
+    const LayerCost fast = predict_layer(m, chunked, 8192, async);
+    const LayerCost slow = predict_layer(m, chunked, 8192, blocking);
+    for (Phase phase : pairs) {
+      SCOPED_TRACE(fmt::format("C={} {}", c, to_string(phase)));
+      const Exposure base = exposure(one, phase);
+      const Exposure f = exposure(fast, phase);
+      const Exposure s = exposure(slow, phase);
+      EXPECT_EQ(f.bytes, base.bytes) << "overlap sends the same bytes";
+      EXPECT_EQ(s.bytes, base.bytes);
+      EXPECT_EQ(base.hidden, 0.0);
+      EXPECT_GT(f.hidden, 0.0);
+      EXPECT_LT(f.seconds, base.seconds) << "exposed communication shrinks";
+      EXPECT_EQ(s.hidden, 0.0);
+      EXPECT_GT(s.seconds, base.seconds) << "without progress chunks only add latencies";
+    }
+    EXPECT_LT(fast.total_s, one.total_s) << c;
+    EXPECT_GT(slow.total_s, one.total_s) << c;
+    // The reductions after the GEMMs are not overlapped.
+    EXPECT_EQ(exposure(fast, Phase::mlp_reduce).hidden, 0.0);
+  }
+}
+
+TEST(CostModel, OverlapPipelineByHand) {
+  // GEMMs so slow that every later chunk's transfer completes during the
+  // GEMM before it: with full progress the rank waits for chunk 0 alone.
+  const ModelConfig m = preset_config("llama-3-8b");
+  HardwareProfile p = fp32(builtin_profile("h100-sxm"));
+  p.gemm_flops = 1e9;
+  ParallelConfig pc = layout(8, true, 0);
+  pc.overlap_chunks = 3;
+  // 1000 tokens: n_slice 125 in chunks of 42, 42, 41 rows per slice.
+  const LayerCost layer = predict_layer(m, pc, 1000, p);
+  const PhaseCost* gather = layer.find(Phase::attn_gather);
+  ASSERT_NE(gather, nullptr);
+  EXPECT_EQ(gather->calls, 3);
+  const auto transfer = [&](std::int64_t rows) {
+    return collective_seconds(p, CommOp::all_gather, 8,
+                              bytes_sent(CommOp::all_gather, 8, 8 * rows * 4096 * 4));
+  };
+  // Unpacking copies each chunk's gathered rows into token order.
+  const double unpack = 2.0 * 1000 * 4096 * 4 / p.memory_bandwidth_Bps;
+  EXPECT_NEAR(gather->seconds, transfer(42) + unpack, 1e-12);
+  EXPECT_NEAR(gather->hidden_s, transfer(42) + transfer(41), 1e-12);
+  // The chunk GEMMs: [8*rows, 4096] . [768, 4096]^T, 8*125 rows in all.
+  EXPECT_DOUBLE_EQ(layer.find(Phase::qkv_proj)->flops, 2.0 * 1000 * 4096 * 768);
+
+  // Half the progress: chunk 1 advances half its GEMM's time, and so on.
+  p.overlap_efficiency = 0.5;
+  const double g0 = predict_layer(m, pc, 1000, p).find(Phase::attn_gather)->seconds;
+  EXPECT_NEAR(g0, transfer(42) + unpack, 1e-12) << "the GEMMs still outlast the transfers";
+  p.gemm_flops = 1e18;  // GEMMs at the memory roofline, far shorter than the transfers
+  p.overlap_efficiency = 0.0;
+  const double none = predict_layer(m, pc, 1000, p).find(Phase::attn_gather)->seconds;
+  EXPECT_NEAR(none, 2 * transfer(42) + transfer(41) + unpack, 1e-12);
+  p.overlap_efficiency = 1.0;
+  const PhaseCost full = *predict_layer(m, pc, 1000, p).find(Phase::attn_gather);
+  EXPECT_LT(full.seconds, none);
+  EXPECT_NEAR(full.seconds + full.hidden_s, none, 1e-12)
+      << "what is not waited for was hidden behind the GEMMs";
+}
+
+TEST(CostModel, OverlapOfShortPromptsUsesAtMostOneChunkPerRow) {
+  const ModelConfig m = preset_config("llama-3-8b");
+  const HardwareProfile p = builtin_profile("h100-sxm");
+  ParallelConfig pc = layout(8, true, 1);
+  pc.overlap_chunks = 16;
+  // 20 tokens: n_padded 24, n_slice 3, so 3 chunks of one row each.
+  const LayerCost layer = predict_layer(m, pc, 20, p);
+  EXPECT_EQ(layer.find(Phase::attn_gather)->calls, 3);
+  EXPECT_EQ(layer.find(Phase::o_proj_a2a)->calls, 3);
+  EXPECT_EQ(layer.find(Phase::o_proj_reduce), nullptr) << "K = 1 with FlashComm1: no reduction";
+}
+
+TEST(CostModel, SchemeNamesFollowTheGrammar) {
+  const auto name = [](int tp, bool fc1, int k, int mlp, CommQuant q, CommDtype d, int c) {
+    ParallelConfig pc{1, tp, fc1, k};
+    pc.flashcomm2_mlp = mlp;
+    pc.comm_quant = q;
+    pc.comm_dtype = d;
+    pc.overlap_chunks = c;
+    return scheme_name(pc);
+  };
+  using Q = CommQuant;
+  using D = CommDtype;
+  EXPECT_EQ(name(8, true, 2, 1, Q::int8, D::f32, 4), "FlashComm1+FlashComm2 K=2 +MLP K=1 int8 C=4");
+  EXPECT_EQ(name(8, false, 0, 2, Q::none, D::f32, 1), "FlashComm2 MLP K=2");
+  EXPECT_EQ(name(8, true, 0, 4, Q::none, D::bf16, 1), "FlashComm1+FlashComm2 MLP K=4 bf16");
+  EXPECT_EQ(name(8, false, 0, 0, Q::none, D::bf16, 1), "plain TP bf16");
+  EXPECT_EQ(name(8, true, 0, 0, Q::int8, D::bf16, 2), "FlashComm1 int8 bf16 C=2");
+  EXPECT_EQ(name(8, false, 4, 0, Q::none, D::f32, 1), "FlashComm2 K=4");
+  EXPECT_EQ(name(1, true, 0, 0, Q::none, D::f32, 1), "plain TP") << "FlashComm1 is off at TP 1";
+}
+
+TEST(Planner, ExtendedCandidatesAddEveryVariantThatChangesSomething) {
+  // With no options: exactly the default list.
+  const std::vector<ParallelConfig> defaults = candidate_schemes(8, 1);
+  std::vector<std::string> default_names;
+  for (const ParallelConfig& pc : candidate_schemes(8, 1, CandidateOptions{})) {
+    default_names.push_back(scheme_name(pc));
+  }
+  std::vector<std::string> expected;
+  for (const ParallelConfig& pc : defaults) {
+    expected.push_back(scheme_name(pc));
+  }
+  EXPECT_EQ(default_names, expected);
+
+  const ModelConfig m = preset_config("llama-3-8b");
+  const std::vector<ParallelConfig> all = candidate_schemes(4, 1, every_variant());
+  std::set<std::string> names;
+  for (const ParallelConfig& pc : all) {
+    EXPECT_NO_THROW(check_parallel_config(m, pc, 4)) << scheme_name(pc);
+    EXPECT_TRUE(names.insert(scheme_name(pc)).second) << "twice: " << scheme_name(pc);
+  }
+  // TP 4: 6 base schemes x K_mlp in {0, 1, 2} = 18. Plain TP without
+  // down_proj FlashComm2 moves no activations: f32 and bf16 only (2). With
+  // FlashComm2 K=1 on both projections (with or without FlashComm1) there is
+  // no reduction, so no bf16 beside int8: 3 payloads x 2 chunkings (2 x 6).
+  // The other 15: 4 payloads x 2 chunkings (15 x 8).
+  EXPECT_EQ(all.size(), 2U + 12U + 120U);
+  EXPECT_EQ(all.front().tp_size, 4);
+  EXPECT_EQ(scheme_name(all.front()), "plain TP");
+  for (const char* absent :
+       {"plain TP int8", "plain TP C=3", "FlashComm1+FlashComm2 K=1 +MLP K=1 int8 bf16"}) {
+    EXPECT_EQ(names.count(absent), 0U) << absent;
+  }
+  for (const char* present :
+       {"plain TP bf16", "FlashComm1 int8 C=3", "FlashComm2 MLP K=2 int8 bf16 C=3",
+        "FlashComm1+FlashComm2 K=1 +MLP K=1 int8 C=3", "FlashComm1+FlashComm2 K=2 +MLP K=1 bf16"}) {
+    EXPECT_EQ(names.count(present), 1U) << present;
+  }
+  // Each variant follows the scheme it modifies.
+  std::vector<std::string> order;
+  for (const ParallelConfig& pc : all) {
+    order.push_back(scheme_name(pc));
+  }
+  const auto at = [&](const std::string& n) {
+    return std::find(order.begin(), order.end(), n) - order.begin();
+  };
+  EXPECT_LT(at("FlashComm1"), at("FlashComm1 int8"));
+  EXPECT_LT(at("FlashComm1 int8"), at("FlashComm1 int8 C=3"));
+  EXPECT_LT(at("FlashComm2 K=1"), at("FlashComm2 K=1 +MLP K=2"));
+
+  CandidateOptions bad;
+  bad.overlap_chunks = {0};
+  try {
+    candidate_schemes(4, 1, bad);
+    ADD_FAILURE() << "C = 0 was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--overlap-chunks 0 must be between 1"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace flashcomm
+
+// ---- (h) overlap efficiency in profiles, and the automatic choice -------------
+
+namespace flashcomm {
+namespace {
+
+TEST(Profiles, OverlapEfficiencyIsOptionalCheckedAndRoundTrips) {
+  for (const std::string& name : builtin_profile_names()) {
+    const HardwareProfile p = builtin_profile(name);
+    if (name == "cpu-openmpi") {
+      EXPECT_EQ(p.overlap_efficiency, 0.0) << "OpenMPI on CPUs has no progress thread";
+    } else {
+      EXPECT_EQ(p.overlap_efficiency, 1.0) << name << ": NCCL / HCCL run on their own stream";
+      EXPECT_NE(p.source.find("overlap_efficiency 1"), std::string::npos) << name;
+    }
+  }
+  const test::TempDir dir("overlap");
+  write(dir.file("none.json"), good_json());
+  EXPECT_EQ(load_profile(dir.file("none.json")).overlap_efficiency, 0.0) << "absent: 0";
+  HardwareProfile p = load_profile(dir.file("none.json"));
+  p.overlap_efficiency = 0.25;
+  save_profile(p, dir.file("quarter.json"));
+  EXPECT_EQ(load_profile(dir.file("quarter.json")).overlap_efficiency, 0.25);
+
+  const std::string g = good_json();
+  const auto with = [&](const std::string& value) {
+    return replaced(g, R"("name": "mine",)",
+                    fmt::format(R"("name": "mine", "overlap_efficiency": {},)", value));
+  };
+  expect_bad_profile(with("1.5"), "overlap_efficiency is 1.5, expected a value from 0 to 1");
+  expect_bad_profile(with("-0.1"), "overlap_efficiency is -0.1, expected a value from 0 to 1");
+  expect_bad_profile(with(R"("full")"), R"(overlap_efficiency is "full", expected a number)");
+  p.overlap_efficiency = 2.0;
+  EXPECT_THROW(check_profile(p, "test"), FormatError);
+}
+
+TEST(Planner, AutoCandidatesAreWhatTheHeldBlocksAllow) {
+  AutoSpace space;
+  space.tp_size = 8;
+  space.o_proj_k = 2;
+  std::vector<std::string> names;
+  for (const ParallelConfig& pc : auto_candidates(space)) {
+    names.push_back(scheme_name(pc));
+  }
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"plain TP", "FlashComm1", "FlashComm2 K=2", "FlashComm2 K=4",
+                                      "FlashComm1+FlashComm2 K=2", "FlashComm1+FlashComm2 K=4"}))
+      << "K = 1 needs a larger block than K0 = 2";
+
+  space.o_proj_k = 0;
+  space.mlp_k = 4;
+  space.allow_int8 = true;
+  space.chunk_options = {1, 2};
+  names.clear();
+  for (const ParallelConfig& pc : auto_candidates(space)) {
+    names.push_back(scheme_name(pc));
+    EXPECT_EQ(pc.comm_dtype, CommDtype::f32) << "bf16 not allowed";
+    EXPECT_FALSE(pc.flashcomm2_on()) << "no o_proj block held";
+  }
+  EXPECT_EQ(names,
+            (std::vector<std::string>{
+                "plain TP", "FlashComm2 MLP K=4", "FlashComm2 MLP K=4 C=2",
+                "FlashComm2 MLP K=4 int8", "FlashComm2 MLP K=4 int8 C=2", "FlashComm1",
+                "FlashComm1 C=2", "FlashComm1 int8", "FlashComm1 int8 C=2",
+                "FlashComm1+FlashComm2 MLP K=4", "FlashComm1+FlashComm2 MLP K=4 C=2",
+                "FlashComm1+FlashComm2 MLP K=4 int8", "FlashComm1+FlashComm2 MLP K=4 int8 C=2"}));
+
+  AutoSpace one;
+  EXPECT_EQ(auto_candidates(one).size(), 1U) << "TP 1: plain TP only";
+
+  const auto message = [](const AutoSpace& s) {
+    try {
+      auto_candidates(s);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  AutoSpace bad;
+  bad.tp_size = 8;
+  bad.o_proj_k = 3;
+  EXPECT_EQ(message(bad),
+            "the held o_proj block's K 3 must be 0 (none) or divide the tensor-parallel size 8 "
+            "and be below it");
+  bad.o_proj_k = 8;
+  EXPECT_NE(message(bad).find("o_proj block's K 8"), std::string::npos);
+  bad.o_proj_k = 0;
+  bad.mlp_k = -1;
+  EXPECT_NE(message(bad).find("down_proj block's K -1"), std::string::npos);
+  bad.mlp_k = 0;
+  bad.chunk_options = {1, 65};
+  EXPECT_EQ(message(bad), "--overlap-chunks 65 must be between 1 (no overlap) and 64");
+}
+
+// The candidates of a space, built here from the rules alone (every
+// combination, no-op variants included: those predict the same time as
+// the scheme they leave unchanged).
+std::vector<ParallelConfig> every_combination(const AutoSpace& s) {
+  const auto ks = [&](int k0) {
+    std::vector<int> out{0};
+    for (int k = k0; k0 > 0 && k < s.tp_size; k += k0) {
+      if (s.tp_size % k == 0) {
+        out.push_back(k);
+      }
+    }
+    return out;
+  };
+  std::vector<ParallelConfig> out;
+  for (const bool fc1 : {false, true}) {
+    for (int k : ks(s.o_proj_k)) {
+      for (int mlp : ks(s.mlp_k)) {
+        for (const bool int8 : {false, true}) {
+          for (const bool bf16 : {false, true}) {
+            for (int c : s.chunk_options) {
+              if ((int8 && !s.allow_int8) || (bf16 && !s.allow_bf16)) {
+                continue;
+              }
+              ParallelConfig pc{s.dp_size, s.tp_size, fc1, k};
+              pc.flashcomm2_mlp = mlp;
+              pc.comm_quant = int8 ? CommQuant::int8 : CommQuant::none;
+              pc.comm_dtype = bf16 ? CommDtype::bf16 : CommDtype::f32;
+              pc.overlap_chunks = c;
+              out.push_back(pc);
+            }
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// Every count to 512, then about 12 per octave up to 8192 (odd ones that
+// pad among them).
+std::vector<int> decision_tokens() {
+  std::vector<int> out;
+  for (int n = 1; n <= 512; ++n) {
+    out.push_back(n);
+  }
+  for (double n = 512; n < 8192;) {
+    n *= 1.06;
+    out.push_back(std::min(8192, static_cast<int>(n)));
+  }
+  return out;
+}
+
+struct Table {
+  int first_not_plain = 0;  // the first count whose choice is not plain TP; 0: none
+  int last_plain = 0;  // the last count whose choice is plain TP
+  std::map<int, std::string> choice;  // by token count
+  bool overlaps = false;  // some choice overlaps (C > 1)
+};
+
+Table decision_table(const ModelConfig& m, const HardwareProfile& p, const AutoSpace& space) {
+  Table t;
+  const std::vector<ParallelConfig> all = every_combination(space);
+  for (int n : decision_tokens()) {
+    SCOPED_TRACE(fmt::format("{} at {} tokens", p.name, n));
+    const AutoChoice choice = choose_scheme(m, p, space, n);
+    double best = std::numeric_limits<double>::infinity();
+    for (const ParallelConfig& pc : all) {
+      best = std::min(best, predict_prefill(m, pc, n, p));
+    }
+    EXPECT_EQ(choice.predicted_s, best) << choice.name;
+    EXPECT_EQ(predict_prefill(m, choice.parallel, n, p), choice.predicted_s);
+    EXPECT_EQ(choice.plain_tp_s, predict_prefill(m, {space.dp_size, space.tp_size}, n, p));
+    EXPECT_EQ(choice.name, scheme_name(choice.parallel));
+    EXPECT_LE(choice.predicted_s, choice.plain_tp_s);
+    // Where plain TP is as fast as anything, it stays.
+    if (choice.plain_tp_s == best) {
+      EXPECT_EQ(choice.name, "plain TP");
+    }
+    if (choice.name != "plain TP" && t.first_not_plain == 0) {
+      t.first_not_plain = n;
+    }
+    if (choice.name == "plain TP") {
+      t.last_plain = n;
+    }
+    t.choice[n] = choice.name;
+    t.overlaps = t.overlaps || choice.parallel.overlap_chunks > 1;
+  }
+  return t;
+}
+
+TEST(Planner, TheAutomaticChoiceIsTheFastestPredictedScheme) {
+  const ModelConfig m = preset_config("llama-3-8b");
+  AutoSpace space;
+  space.tp_size = 8;
+  space.o_proj_k = 1;
+  space.mlp_k = 2;
+  space.allow_int8 = true;
+  space.allow_bf16 = true;
+  space.chunk_options = {1, 4};
+  std::map<std::string, Table> tables;
+  for (const char* hw : {"cpu-openmpi", "h100-sxm", "a100-sxm", "ascend-910b"}) {
+    tables[hw] = decision_table(m, builtin_profile(hw), space);
+  }
+  for (auto& [hw, t] : tables) {
+    EXPECT_EQ(t.choice[1], "plain TP") << hw << ": decode-like prompts stay on plain TP";
+    EXPECT_NE(t.choice[8192], "plain TP") << hw;
+  }
+  // The break-evens observed. Plain TP up to the first count, never again
+  // after the last: between them FlashComm1 with int8 gathers wins or loses
+  // by n % TP, since it pays for the padding rows that plain TP skips.
+  const auto range = [&](const std::string& hw) {
+    return std::pair<int, int>{tables[hw].first_not_plain, tables[hw].last_plain};
+  };
+  EXPECT_EQ(range("cpu-openmpi"), (std::pair<int, int>{7, 33}));
+  EXPECT_EQ(range("h100-sxm"), (std::pair<int, int>{296, 306}));
+  EXPECT_EQ(range("a100-sxm"), (std::pair<int, int>{191, 201}));
+  EXPECT_EQ(range("ascend-910b"), (std::pair<int, int>{399, 409}));
+  EXPECT_EQ(tables["h100-sxm"].choice[300], "plain TP");
+  EXPECT_EQ(tables["h100-sxm"].choice[304], "FlashComm1 int8") << "304 = 38 * 8: no padding";
+  // Long prompts: FlashComm1+FlashComm2 with int8, overlapped where transfers
+  // progress during the GEMMs. down_proj's FlashComm2 at K_mlp = 2 runs its
+  // AlltoAll in groups of 4: NVSwitch gives them the full bandwidth, HCCS's
+  // full mesh only 3 of its 7 links, so it pays on the GPUs only.
+  EXPECT_EQ(tables["h100-sxm"].choice[8192], "FlashComm1+FlashComm2 K=1 +MLP K=2 int8 C=4");
+  EXPECT_EQ(tables["a100-sxm"].choice[8192], "FlashComm1+FlashComm2 K=1 +MLP K=2 int8 C=4");
+  EXPECT_EQ(tables["ascend-910b"].choice[8192], "FlashComm1+FlashComm2 K=1 int8 C=4");
+  EXPECT_EQ(tables["cpu-openmpi"].choice[8192], "FlashComm1+FlashComm2 K=1 int8 bf16");
+  EXPECT_FALSE(tables["cpu-openmpi"].overlaps) << "no progress during compute: no overlap";
+  EXPECT_TRUE(tables["h100-sxm"].overlaps);
+}
+
+TEST(Planner, TheAutomaticChoiceWithoutQuantizationNeverQuantizes) {
+  const ModelConfig m = preset_config("llama-3-70b");
+  const HardwareProfile p = builtin_profile("l40-pcie");
+  AutoSpace space;
+  space.tp_size = 8;
+  space.o_proj_k = 1;
+  for (int n : {1, 100, 1000, 8000}) {
+    const AutoChoice c = choose_scheme(m, p, space, n);
+    EXPECT_EQ(c.parallel.comm_quant, CommQuant::none) << n;
+    EXPECT_EQ(c.parallel.comm_dtype, CommDtype::f32) << n;
+    EXPECT_EQ(c.parallel.overlap_chunks, 1) << n;
+  }
+  // Allowed, int8 wins on the slow link for long prompts.
+  space.allow_int8 = true;
+  EXPECT_EQ(choose_scheme(m, p, space, 8000).parallel.comm_quant, CommQuant::int8);
+  EXPECT_THROW(choose_scheme(m, p, space, 0), ConfigError);
+}
+
+TEST(Planner, HeldBlocksAreTheSmallestKsThatFitTheBudget) {
+  // DeepSeek-V3 attention at TP 8: extra o_proj K=1 11956 MiB, K=2 5124
+  // MiB, K=4 1708 MiB; extra down_proj K=4 1921.5 MiB, K=2 5764.5 MiB.
+  const ModelConfig m = preset_config("deepseek-v3-attn");
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  const auto held = [&](double gib, bool mlp) {
+    const HeldBlocks h = held_blocks_for_budget(m, 8, gib * kGiB, 2, mlp);
+    return std::pair<int, int>{h.o_proj_k, h.mlp_k};
+  };
+  EXPECT_EQ(held(6, false), (std::pair<int, int>{2, 0}));
+  EXPECT_EQ(held(6, true), (std::pair<int, int>{2, 0})) << "1020 MiB left: no down block fits";
+  EXPECT_EQ(held(8, true), (std::pair<int, int>{2, 4})) << "3068 MiB left";
+  EXPECT_EQ(held(1, true), (std::pair<int, int>{0, 0}));
+  EXPECT_EQ(held(0, false), (std::pair<int, int>{0, 0}));
+  const HeldBlocks unlimited =
+      held_blocks_for_budget(m, 8, std::numeric_limits<double>::infinity(), 2, true);
+  EXPECT_EQ(unlimited.o_proj_k, 1);
+  EXPECT_EQ(unlimited.mlp_k, 1);
+  EXPECT_EQ(held_blocks_for_budget(m, 1, 1e30, 2, true).o_proj_k, 0) << "TP 1";
+  EXPECT_THROW(held_blocks_for_budget(m, 8, -1.0, 2, true), ConfigError);
+}
+
+TEST(Planner, PlanRowsCarryTheAutomaticChoiceWhenAsked) {
+  PlanRequest r = request("deepseek-v3-attn", "h100-sxm", 8, {512, 16384});
+  r.memory_budget_gib = 6.0;
+  const Plan plain = plan_prefill(r);
+  EXPECT_FALSE(plain.auto_space.has_value());
+  for (const TokenPlan& row : plain.rows) {
+    EXPECT_FALSE(row.auto_choice.has_value());
+    EXPECT_EQ(row.schemes.size(), 8U);
+  }
+
+  r.auto_choice = true;
+  r.variants.int8 = true;
+  r.variants.overlap_chunks = {4};
+  const Plan plan = plan_prefill(r);
+  ASSERT_TRUE(plan.auto_space.has_value());
+  EXPECT_EQ(plan.auto_space->o_proj_k, 2) << "6 GiB hold K0 = 2";
+  EXPECT_EQ(plan.auto_space->mlp_k, 0);
+  EXPECT_TRUE(plan.auto_space->allow_int8);
+  EXPECT_FALSE(plan.auto_space->allow_bf16);
+  EXPECT_EQ(plan.auto_space->chunk_options, (std::vector<int>{1, 4}));
+  EXPECT_EQ(plan.break_even, plain.break_even) << "the variants do not move the break-even";
+  for (const TokenPlan& row : plan.rows) {
+    ASSERT_TRUE(row.auto_choice.has_value());
+    const AutoChoice expected = choose_scheme(r.model, r.profile, *plan.auto_space, row.n_tokens);
+    EXPECT_EQ(row.auto_choice->name, expected.name);
+    EXPECT_EQ(row.auto_choice->predicted_s, expected.predicted_s);
+    EXPECT_EQ(row.auto_choice->plain_tp_s, row.schemes.front().prefill_s);
+    EXPECT_GT(row.schemes.size(), 8U);
+    // The recommendation looks at every listed scheme within the budget.
+    for (const SchemeEstimate& e : row.schemes) {
+      if (e.fits_budget) {
+        EXPECT_LE(recommended(row).prefill_s, e.prefill_s) << e.name;
+      }
+    }
+  }
+  r.variants.overlap_chunks = {65};
+  EXPECT_THROW(plan_prefill(r), ConfigError);
 }
 
 }  // namespace

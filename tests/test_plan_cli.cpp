@@ -1,7 +1,8 @@
 // End-to-end tests of `flashcomm plan`: the table, the JSON, presets,
-// checkpoints and profile files as inputs, bad inputs refused with exit code
-// 2 and one clear message, and the predicted bytes against a real
-// `flashcomm run` of the engine.
+// checkpoints and profile files as inputs, the variant options and the
+// automatic choice, bad inputs refused with exit code 2 and one clear
+// message, and the predicted bytes against a real `flashcomm run` of the
+// engine.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -39,6 +40,95 @@ TEST(PlanCli, TablePrintsEverySchemeAndTheRecommendation) {
   EXPECT_EQ(count(o.output, "  plain TP   "), 2U) << o.output;  // one row per token count
   EXPECT_EQ(count(o.output, "<- recommended"), 2U) << o.output;
   EXPECT_EQ(count(o.output, "over budget"), 0U) << o.output;
+  // Without the variant options the table is as it always was.
+  EXPECT_NE(o.output.find("\n tokens  scheme                       layer ms  prefill ms   vs TP  "
+                          "vs FC1  extra o_proj MiB\n"),
+            std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("memory budget for the extra o_proj: unlimited (2-byte weights)\n\n"),
+            std::string::npos)
+      << o.output;
+  for (const char* absent : {"auto", "int8", "bf16", "C=", "MLP", "down"}) {
+    EXPECT_EQ(o.output.find(absent), std::string::npos) << absent << "\n" << o.output;
+  }
+}
+
+TEST(PlanCli, VariantOptionsAddTheirSchemesAndTheAutomaticChoice) {
+  const Outcome o =
+      shell(flashcomm("plan --model llama-3-8b --hardware h100-sxm --tp 4 --tokens 1,4096 "
+                      "--comm-quant int8 --overlap-chunks 4 --flashcomm2-mlp --memory-budget 2"));
+  ASSERT_EQ(o.exit_code, 0) << o.output;
+  for (const char* text :
+       {"memory budget for the extra o_proj and down_proj: 2.00 GiB per rank",
+        "auto (as --flashcomm auto): holds o_proj K0=1 and down_proj K_mlp0=2",
+        "payloads f32, int8,", "overlap chunks 1,4", "extra down MiB", "FlashComm1 int8 C=4",
+        "FlashComm1+FlashComm2 K=2 +MLP K=1 int8 C=4", "FlashComm2 MLP K=2", "auto: "}) {
+    EXPECT_NE(o.output.find(text), std::string::npos) << text << "\n" << o.output;
+  }
+  EXPECT_EQ(o.output.find(" bf16"), std::string::npos) << "not asked for\n" << o.output;
+  EXPECT_EQ(count(o.output, "  auto: "), 2U) << "one per token count\n" << o.output;
+  EXPECT_EQ(count(o.output, "<- recommended"), 2U) << o.output;
+  EXPECT_NE(o.output.find("      1  auto: plain TP "), std::string::npos) << o.output;
+
+  // --auto alone: the default list and the choice among the default schemes.
+  const Outcome a =
+      shell(flashcomm("plan --model llama-3-8b --hardware h100-sxm --tp 8 --tokens 1 --auto"));
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  EXPECT_NE(a.output.find("payloads f32, overlap chunks 1"), std::string::npos) << a.output;
+  EXPECT_EQ(count(a.output, "      1  "), 9U) << "8 schemes and auto\n" << a.output;
+}
+
+TEST(PlanCli, VariantJsonRecordsTheLayoutsAndTheChoice) {
+  const Outcome o = shell(flashcomm("plan --model llama-3-8b --hardware h100-sxm --tp 8 "
+                                    "--tokens 16,8192 --comm-dtype bf16 --comm-quant int8 "
+                                    "--overlap-chunks 2,4 --json"),
+                          120, "/dev/null");
+  ASSERT_EQ(o.exit_code, 0) << o.output;
+  const nlohmann::json j = nlohmann::json::parse(o.output);
+  EXPECT_EQ(j["variants"]["comm_quant_int8"], true);
+  EXPECT_EQ(j["variants"]["comm_dtype_bf16"], true);
+  EXPECT_EQ(j["variants"]["overlap_chunks"], nlohmann::json::array({2, 4}));
+  EXPECT_EQ(j["variants"]["flashcomm2_mlp"], false);
+  EXPECT_EQ(j["auto_space"]["o_proj_k"], 1);
+  EXPECT_EQ(j["auto_space"]["mlp_k"], 0);
+  EXPECT_EQ(j["auto_space"]["chunk_options"], nlohmann::json::array({1, 2, 4}));
+  ASSERT_EQ(j["rows"].size(), 2U);
+  std::set<std::string> quants;
+  for (const auto& row : j["rows"]) {
+    const auto& a = row["auto"];
+    ASSERT_TRUE(a.is_object()) << row.dump();
+    EXPECT_DOUBLE_EQ(a["speedup_vs_tp"].get<double>(),
+                     a["plain_tp_seconds"].get<double>() / a["prefill_seconds"].get<double>());
+    EXPECT_DOUBLE_EQ(a["plain_tp_seconds"].get<double>(),
+                     row["schemes"][0]["prefill_seconds"].get<double>());
+    for (const auto& s : row["schemes"]) {
+      quants.insert(s["comm_quant"].get<std::string>() + "/" + s["comm_dtype"].get<std::string>());
+      EXPECT_TRUE(s.contains("overlap_chunks"));
+      EXPECT_EQ(s["flashcomm2_mlp"], 0);
+      EXPECT_EQ(s["extra_down_proj_bytes"], 0.0);
+    }
+  }
+  EXPECT_EQ(quants, (std::set<std::string>{"none/f32", "int8/f32", "none/bf16", "int8/bf16"}));
+  EXPECT_EQ(j["rows"][0]["auto"]["scheme"], "plain TP");
+  EXPECT_NE(j["rows"][1]["auto"]["scheme"], "plain TP");
+
+  // Without the variant options the JSON is as it was: no auto, no layout fields.
+  const Outcome d =
+      shell(flashcomm("plan --model llama-3-8b --hardware h100-sxm --tp 8 --tokens 16 --json"), 120,
+            "/dev/null");
+  ASSERT_EQ(d.exit_code, 0) << d.output;
+  const nlohmann::json dj = nlohmann::json::parse(d.output);
+  EXPECT_FALSE(dj.contains("auto_space"));
+  EXPECT_FALSE(dj.contains("variants"));
+  EXPECT_FALSE(dj["rows"][0].contains("auto"));
+  std::set<std::string> keys;
+  for (const auto& [key, value] : dj["rows"][0]["schemes"][0].items()) {
+    keys.insert(key);
+  }
+  EXPECT_EQ(keys,
+            (std::set<std::string>{"scheme", "flashcomm1", "flashcomm2", "layer_seconds",
+                                   "prefill_seconds", "speedup_vs_tp", "speedup_vs_flashcomm1",
+                                   "extra_o_proj_bytes", "fits_budget", "recommended"}));
 }
 
 TEST(PlanCli, JsonParsesAndHoldsOneRecommendationPerTokenCount) {
@@ -111,7 +201,8 @@ TEST(PlanCli, BadInputsAreRefusedWithAClearMessage) {
       "deepseek-v3-attn, stories260K), a shape:... nor a checkpoint file or directory");
   expect_refused("plan --model llama-3-8b --hardware tpu-v9 --tp 8 --tokens 16", 2,
                  "unknown hardware profile 'tpu-v9': not a built-in profile (ascend-910b, "
-                 "h100-sxm, h200-sxm, a100-sxm, l40-pcie, ib-cluster) and no such JSON file");
+                 "h100-sxm, h200-sxm, a100-sxm, l40-pcie, ib-cluster, cpu-openmpi) and no such "
+                 "JSON file");
   expect_refused("plan --model llama-3-8b --hardware h100-sxm --tp 3 --tokens 16", 2,
                  "--tp 3 must divide the model's n_heads 32");
   expect_refused("plan --model llama-3-8b --hardware h100-sxm --tp 8 --tokens 0", 2,
@@ -128,6 +219,18 @@ TEST(PlanCli, BadInputsAreRefusedWithAClearMessage) {
   EXPECT_EQ(
       shell(flashcomm("plan --model llama-3-8b --hardware h100-sxm --tp x --tokens 16")).exit_code,
       2);
+  const std::string base = "plan --model llama-3-8b --hardware h100-sxm --tp 8 --tokens 16 ";
+  expect_refused(base + "--comm-quant fp4", 2,
+                 "--comm-quant fp4 is not a payload quantization: expected none or int8");
+  expect_refused(base + "--comm-dtype fp16", 2,
+                 "--comm-dtype fp16 is not a payload element type: expected f32 or bf16");
+  expect_refused(base + "--overlap-chunks 0", 2,
+                 "--overlap-chunks 0 must be between 1 (no overlap) and 64");
+  expect_refused(base + "--overlap-chunks 4,65", 2,
+                 "--overlap-chunks 65 must be between 1 (no overlap) and 64");
+  const Outcome x = shell(flashcomm(base + "--overlap-chunks four"));
+  EXPECT_EQ(x.exit_code, 2) << x.output;
+  EXPECT_NE(x.output.find("four"), std::string::npos) << x.output;
 
   // A profile file that does not hold a profile: exit 3, naming the field.
   const test::TempDir dir("planbad");

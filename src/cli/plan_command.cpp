@@ -3,8 +3,11 @@
 //      which only the headers are read) and the hardware (a built-in profile or a JSON
 //      file); check the layout as `flashcomm run` would;
 //   2. plan: the cost model's prediction of every scheme at every token count
-//      (src/planner/cost_model.cpp);
+//      (src/planner/cost_model.cpp), with the variants the options ask for
+//      (payload formats, overlap, FlashComm2 for down_proj) and the choice
+//      `--flashcomm auto` would make;
 //   3. print a table, or with --json the same numbers as JSON on stdout.
+// Without the variant options the output is exactly what it was before them.
 // Errors are thrown as the library's exceptions; main() prints them and maps
 // them to exit codes (2 for a bad flag or layout, 3 for a bad file).
 #include "cli/plan_command.hpp"
@@ -39,6 +42,14 @@ struct PlanOptions {
   CLI::Option* memory_budget = nullptr;  // to tell "not given" from a value
   int weight_bytes = 2;
   bool json = false;
+  // The variants, each off unless given; any of them (or --auto) adds the
+  // automatic choice.
+  std::string comm_quant;
+  std::string comm_dtype;
+  std::vector<int> overlap_chunks;
+  bool flashcomm2_mlp = false;
+  bool auto_choice = false;
+  std::vector<CLI::Option*> variant_options;  // to tell "given" from the defaults
 };
 
 constexpr double kMiB = 1024.0 * 1024.0;
@@ -56,6 +67,25 @@ ModelConfig resolve_model(const std::string& name_or_path) {
   throw ConfigError(fmt::format(
       "--model {} is neither a preset ({}), a shape:... nor a checkpoint file or directory",
       name_or_path, fmt::join(names, ", ")));
+}
+
+// The variants and the automatic choice the options ask for. ConfigError
+// naming a value that is none of the allowed ones.
+void apply_variants(const PlanOptions& o, PlanRequest& r) {
+  if (!o.comm_quant.empty() && o.comm_quant != "none" && o.comm_quant != "int8") {
+    throw ConfigError(fmt::format(
+        "--comm-quant {} is not a payload quantization: expected none or int8", o.comm_quant));
+  }
+  if (!o.comm_dtype.empty() && o.comm_dtype != "f32" && o.comm_dtype != "bf16") {
+    throw ConfigError(fmt::format(
+        "--comm-dtype {} is not a payload element type: expected f32 or bf16", o.comm_dtype));
+  }
+  r.variants.int8 = o.comm_quant == "int8";
+  r.variants.bf16 = o.comm_dtype == "bf16";
+  r.variants.overlap_chunks = o.overlap_chunks;
+  r.variants.flashcomm2_mlp = o.flashcomm2_mlp;
+  r.auto_choice = std::any_of(o.variant_options.begin(), o.variant_options.end(),
+                              [](const CLI::Option* opt) { return opt->count() > 0; });
 }
 
 // "1.23x", or "-" when there is nothing to compare with.
@@ -89,38 +119,100 @@ std::string break_even_line(const Plan& plan, int tp_size) {
       plan.break_even_searched_to);
 }
 
+// "f32" / "int8" / "bf16" / "int8 + bf16": the payloads auto may use.
+std::string payloads_of(const AutoSpace& space) {
+  std::string out = "f32";
+  if (space.allow_int8) {
+    out += ", int8";
+  }
+  if (space.allow_bf16) {
+    out += ", bf16";
+  }
+  if (space.allow_int8 && space.allow_bf16) {
+    out += ", int8 + bf16";
+  }
+  return out;
+}
+
+std::string held_line(const PlanRequest& r, const AutoSpace& space) {
+  const double extra = extra_o_proj_bytes(r.model, r.tp_size, space.o_proj_k, r.weight_bytes) +
+                       extra_down_proj_bytes(r.model, r.tp_size, space.mlp_k, r.weight_bytes);
+  return fmt::format(
+      "auto (as --flashcomm auto): holds o_proj K0={} and down_proj K_mlp0={} (0: none; {:.1f} "
+      "MiB extra per rank), payloads {}, overlap chunks {}",
+      space.o_proj_k, space.mlp_k, extra / kMiB, payloads_of(space),
+      fmt::join(space.chunk_options, ","));
+}
+
 void print_table(const PlanOptions& o, const PlanRequest& r, const Plan& plan) {
   const ModelConfig& m = r.model;
+  const bool extended = plan.auto_space.has_value();
+  const bool down = r.variants.flashcomm2_mlp;
   fmt::print("model {} (d_model {}, q_dim {}, {} layers), hardware {}, dp {} x tp {}\n", o.model,
              m.d_model, m.q_dim(), m.n_layers, r.profile.name, r.dp_size, r.tp_size);
   fmt::print("hardware: {}\n", r.profile.description);
+  const char* extra_of = down ? "o_proj and down_proj" : "o_proj";
   if (r.memory_budget_gib) {
-    fmt::print("memory budget for the extra o_proj: {:.2f} GiB per rank ({}-byte weights)\n",
+    fmt::print("memory budget for the extra {}: {:.2f} GiB per rank ({}-byte weights)\n", extra_of,
                *r.memory_budget_gib, r.weight_bytes);
   } else {
-    fmt::print("memory budget for the extra o_proj: unlimited ({}-byte weights)\n", r.weight_bytes);
+    fmt::print("memory budget for the extra {}: unlimited ({}-byte weights)\n", extra_of,
+               r.weight_bytes);
   }
-  fmt::print("\n{:>7}  {:<26} {:>10} {:>11} {:>7} {:>7} {:>17}\n", "tokens", "scheme", "layer ms",
-             "prefill ms", "vs TP", "vs FC1", "extra o_proj MiB");
+  if (extended) {
+    fmt::print("{}\n", held_line(r, *plan.auto_space));
+  }
+
+  // The scheme column fits the longest name (26 wide without variants).
+  size_t width = 26;
+  for (const TokenPlan& row : plan.rows) {
+    for (const SchemeEstimate& e : row.schemes) {
+      width = std::max(width, e.name.size());
+    }
+    if (row.auto_choice) {
+      width = std::max(width, row.auto_choice->name.size() + 6);
+    }
+  }
+  const std::string down_head = down ? fmt::format(" {:>15}", "extra down MiB") : "";
+  fmt::print("\n{:>7}  {:<{}} {:>10} {:>11} {:>7} {:>7} {:>17}{}\n", "tokens", "scheme", width,
+             "layer ms", "prefill ms", "vs TP", "vs FC1", "extra o_proj MiB", down_head);
   for (const TokenPlan& row : plan.rows) {
     const double tp_s = row.schemes.front().prefill_s;
     const int fc1 = flashcomm1_index(row);
+    const auto vs_fc1 = [&](double s) {
+      return fc1 < 0 ? std::string("-") : ratio(row.schemes[static_cast<size_t>(fc1)].prefill_s, s);
+    };
     for (size_t i = 0; i < row.schemes.size(); ++i) {
       const SchemeEstimate& e = row.schemes[i];
-      const std::string vs_fc1 =
-          fc1 < 0 ? "-" : ratio(row.schemes[static_cast<size_t>(fc1)].prefill_s, e.prefill_s);
       std::string note;
       if (static_cast<int>(i) == row.recommended) {
         note = "  <- recommended";
       } else if (!e.fits_budget) {
         note = "  over budget";
       }
-      fmt::print("{:>7}  {:<26} {:>10.3f} {:>11.3f} {:>7} {:>7} {:>17.1f}{}\n", row.n_tokens,
-                 e.name, e.layer_s * 1e3, e.prefill_s * 1e3, ratio(tp_s, e.prefill_s), vs_fc1,
-                 e.extra_o_proj_bytes / kMiB, note);
+      const std::string down_cell =
+          down ? fmt::format(" {:>15.1f}", e.extra_down_proj_bytes / kMiB) : "";
+      fmt::print("{:>7}  {:<{}} {:>10.3f} {:>11.3f} {:>7} {:>7} {:>17.1f}{}{}\n", row.n_tokens,
+                 e.name, width, e.layer_s * 1e3, e.prefill_s * 1e3, ratio(tp_s, e.prefill_s),
+                 vs_fc1(e.prefill_s), e.extra_o_proj_bytes / kMiB, down_cell, note);
+    }
+    if (row.auto_choice) {
+      // The held blocks' memory is in the auto line above, not per row.
+      const AutoChoice& a = *row.auto_choice;
+      fmt::print("{:>7}  {:<{}} {:>10} {:>11.3f} {:>7} {:>7}\n", row.n_tokens, "auto: " + a.name,
+                 width, "-", a.predicted_s * 1e3, ratio(a.plain_tp_s, a.predicted_s),
+                 vs_fc1(a.predicted_s));
     }
   }
   fmt::print("\n{}\n", break_even_line(plan, r.tp_size));
+}
+
+// The parts of a layout the variants add, for the JSON.
+void add_variant_fields(json& j, const ParallelConfig& pc) {
+  j["flashcomm2_mlp"] = pc.flashcomm2_mlp;
+  j["comm_quant"] = to_string(pc.comm_quant);
+  j["comm_dtype"] = to_string(pc.comm_dtype);
+  j["overlap_chunks"] = pc.overlap_chunks;
 }
 
 json plan_json(const PlanOptions& o, const PlanRequest& r, const Plan& plan) {
@@ -132,45 +224,79 @@ json plan_json(const PlanOptions& o, const PlanRequest& r, const Plan& plan) {
     json schemes = json::array();
     for (size_t i = 0; i < row.schemes.size(); ++i) {
       const SchemeEstimate& e = row.schemes[i];
-      schemes.push_back(
-          {{"scheme", e.name},
-           {"flashcomm1", e.parallel.flashcomm1},
-           {"flashcomm2", e.parallel.flashcomm2},
-           {"layer_seconds", e.layer_s},
-           {"prefill_seconds", e.prefill_s},
-           {"speedup_vs_tp", tp_s / e.prefill_s},
-           {"speedup_vs_flashcomm1",
-            fc1 < 0 ? json(nullptr)
-                    : json(row.schemes[static_cast<size_t>(fc1)].prefill_s / e.prefill_s)},
-           {"extra_o_proj_bytes", e.extra_o_proj_bytes},
-           {"fits_budget", e.fits_budget},
-           {"recommended", static_cast<int>(i) == row.recommended}});
+      json entry = {{"scheme", e.name},
+                    {"flashcomm1", e.parallel.flashcomm1},
+                    {"flashcomm2", e.parallel.flashcomm2},
+                    {"layer_seconds", e.layer_s},
+                    {"prefill_seconds", e.prefill_s},
+                    {"speedup_vs_tp", tp_s / e.prefill_s},
+                    {"speedup_vs_flashcomm1",
+                     fc1 < 0 ? json(nullptr)
+                             : json(row.schemes[static_cast<size_t>(fc1)].prefill_s / e.prefill_s)},
+                    {"extra_o_proj_bytes", e.extra_o_proj_bytes},
+                    {"fits_budget", e.fits_budget},
+                    {"recommended", static_cast<int>(i) == row.recommended}};
+      if (plan.auto_space) {
+        add_variant_fields(entry, e.parallel);
+        entry["extra_down_proj_bytes"] = e.extra_down_proj_bytes;
+      }
+      schemes.push_back(std::move(entry));
     }
-    rows.push_back({{"n_tokens", row.n_tokens},
-                    {"recommended", row.schemes[static_cast<size_t>(row.recommended)].name},
-                    {"schemes", std::move(schemes)}});
+    json out = {{"n_tokens", row.n_tokens},
+                {"recommended", row.schemes[static_cast<size_t>(row.recommended)].name},
+                {"schemes", std::move(schemes)}};
+    if (row.auto_choice) {
+      const AutoChoice& a = *row.auto_choice;
+      json choice = {{"scheme", a.name},
+                     {"flashcomm1", a.parallel.flashcomm1},
+                     {"flashcomm2", a.parallel.flashcomm2},
+                     {"prefill_seconds", a.predicted_s},
+                     {"plain_tp_seconds", a.plain_tp_s},
+                     {"speedup_vs_tp", a.plain_tp_s / a.predicted_s}};
+      add_variant_fields(choice, a.parallel);
+      out["auto"] = std::move(choice);
+    }
+    rows.push_back(std::move(out));
   }
-  return {{"model",
-           {{"name", o.model},
-            {"d_model", m.d_model},
-            {"q_dim", m.q_dim()},
-            {"n_layers", m.n_layers},
-            {"n_heads", m.n_heads},
-            {"n_kv_heads", m.n_kv_heads},
-            {"head_dim", m.head_dim},
-            {"hidden_dim", m.hidden_dim},
-            {"seq_len", m.seq_len}}},
-          {"hardware",
-           {{"name", r.profile.name},
-            {"description", r.profile.description},
-            {"source", r.profile.source}}},
-          {"parallel", {{"dp", r.dp_size}, {"tp", r.tp_size}}},
-          {"weight_bytes", r.weight_bytes},
-          {"memory_budget_gib", r.memory_budget_gib ? json(*r.memory_budget_gib) : json(nullptr)},
-          {"rows", std::move(rows)},
-          {"break_even",
-           {{"n_tokens", plan.break_even ? json(*plan.break_even) : json(nullptr)},
-            {"searched_up_to", plan.break_even_searched_to}}}};
+  json doc = {
+      {"model",
+       {{"name", o.model},
+        {"d_model", m.d_model},
+        {"q_dim", m.q_dim()},
+        {"n_layers", m.n_layers},
+        {"n_heads", m.n_heads},
+        {"n_kv_heads", m.n_kv_heads},
+        {"head_dim", m.head_dim},
+        {"hidden_dim", m.hidden_dim},
+        {"seq_len", m.seq_len}}},
+      {"hardware",
+       {{"name", r.profile.name},
+        {"description", r.profile.description},
+        {"source", r.profile.source}}},
+      {"parallel", {{"dp", r.dp_size}, {"tp", r.tp_size}}},
+      {"weight_bytes", r.weight_bytes},
+      {"memory_budget_gib", r.memory_budget_gib ? json(*r.memory_budget_gib) : json(nullptr)},
+      {"rows", std::move(rows)},
+      {"break_even",
+       {{"n_tokens", plan.break_even ? json(*plan.break_even) : json(nullptr)},
+        {"searched_up_to", plan.break_even_searched_to}}}};
+  if (plan.auto_space) {
+    const AutoSpace& space = *plan.auto_space;
+    doc["variants"] = {{"comm_quant_int8", r.variants.int8},
+                       {"comm_dtype_bf16", r.variants.bf16},
+                       {"overlap_chunks", r.variants.overlap_chunks},
+                       {"flashcomm2_mlp", r.variants.flashcomm2_mlp}};
+    doc["auto_space"] = {
+        {"o_proj_k", space.o_proj_k},
+        {"mlp_k", space.mlp_k},
+        {"allow_int8", space.allow_int8},
+        {"allow_bf16", space.allow_bf16},
+        {"chunk_options", space.chunk_options},
+        {"extra_bytes",
+         extra_o_proj_bytes(r.model, r.tp_size, space.o_proj_k, r.weight_bytes) +
+             extra_down_proj_bytes(r.model, r.tp_size, space.mlp_k, r.weight_bytes)}};
+  }
+  return doc;
 }
 
 int plan_command(const PlanOptions& o) {
@@ -185,6 +311,7 @@ int plan_command(const PlanOptions& o) {
     r.memory_budget_gib = o.memory_budget_gib;
   }
   r.weight_bytes = o.weight_bytes;
+  apply_variants(o, r);
   check_parallel_config(r.model, {r.dp_size, r.tp_size, false, 0}, -1);
   // A profile only knows the group sizes it was measured or derived for;
   // larger groups are predicted from its largest, which says nothing of a
@@ -235,13 +362,30 @@ Command add_plan_command(CLI::App& app) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->delimiter(',')
       ->transform(decimal_integer());
-  o->memory_budget = plan->add_option("--memory-budget", o->memory_budget_gib,
-                                      "GiB per rank allowed for FlashComm2's extra o_proj "
-                                      "weights (default: unlimited)");
+  o->memory_budget =
+      plan->add_option("--memory-budget", o->memory_budget_gib,
+                       "GiB per rank allowed for FlashComm2's extra o_proj (and down_proj) "
+                       "weights (default: unlimited)");
   plan->add_option("--weight-bytes", o->weight_bytes, "bytes per weight element (2 for bf16)")
       ->capture_default_str()
       ->transform(decimal_integer());
   plan->add_flag("--json", o->json, "print JSON to stdout instead of the table");
+  o->variant_options = {
+      plan->add_option("--comm-quant", o->comm_quant,
+                       "none or int8: also list each scheme with int8 AllGather/AlltoAll payloads"),
+      plan->add_option("--comm-dtype", o->comm_dtype,
+                       "f32 or bf16: also list each scheme with bf16 payloads"),
+      plan->add_option("--overlap-chunks", o->overlap_chunks,
+                       "chunk counts C (1-64, one or more): also list each scheme whose gathers or "
+                       "AlltoAlls overlap their GEMMs in C chunks")
+          ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+          ->delimiter(',')
+          ->transform(decimal_integer()),
+      plan->add_flag("--flashcomm2-mlp", o->flashcomm2_mlp,
+                     "also list FlashComm2 for down_proj at every valid K_mlp"),
+      plan->add_flag("--auto", o->auto_choice,
+                     "add the choice of --flashcomm auto per token count (implied by the "
+                     "options above)")};
   return {plan, [o] { return plan_command(*o); }};
 }
 

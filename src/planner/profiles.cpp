@@ -9,12 +9,15 @@
 //                    "reduce_scatter": [...], "all_gather": [...], "all_to_all": [...]},
 //    "ranks_per_node": 8,                  (optional, default 0: a single node)
 //    "cross_node_collectives": {...},      (required when ranks_per_node > 0, else absent)
+//    "overlap_efficiency": 1.0,            (optional, 0 to 1, default 0: a transfer
+//                                           makes no progress while the rank computes)
 //    "calibration": {...}}                 (optional: the measurements flashcomm calibrate
 //                                           fitted, with their algorithms; not read here)
 // Unknown fields are refused, so that a misspelt one cannot silently fall
 // back to nothing.
 //
-// How the built-in numbers are derived, for every profile alike:
+// How the built-in GPU and NPU numbers are derived, for every one alike (the
+// CPU profile, cpu-openmpi, is measured instead; see cpu_openmpi()):
 //   gemm_flops = 0.7 x peak dense bf16 tensor FLOP/s (datasheet, without
 //     sparsity): large cuBLAS / CANN GEMMs reach 70-80% of peak, and the
 //     sharded GEMMs of TP prefill are mid-sized, so the low end;
@@ -23,8 +26,13 @@
 //   bus bandwidth = 0.8 x the per-direction link bandwidth one rank has to
 //     its peers: nccl-tests' busbw on NVLink systems tops out near 80% of it;
 //   latency: typical NCCL / HCCL small-message times, 10-30 us, larger over
-//     PCIe and across nodes. These are assumptions, not measurements; a
-//     measured profile (JSON) should replace them when one exists.
+//     PCIe and across nodes;
+//   overlap_efficiency = 1: NCCL and HCCL run a collective on its own stream
+//     and copy engines or NICs move the data, so a transfer proceeds while
+//     the GEMM runs (their contention for SMs and memory bandwidth is not
+//     modelled).
+// These are assumptions, not measurements; a measured profile (JSON) should
+// replace them when one exists.
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -89,6 +97,9 @@ void add_fits(std::map<CommOp, std::vector<CollectiveFit>>& table, const std::ve
   }
 }
 
+// NCCL and HCCL collectives run asynchronously to the compute stream.
+constexpr double kAsyncOverlap = 1.0;
+
 // Latencies of NCCL inside one NVLink / NVSwitch node.
 constexpr OpLatencies kNvlinkLatency{15 * kUs, 10 * kUs, 10 * kUs, 15 * kUs};
 
@@ -99,6 +110,7 @@ HardwareProfile nvswitch_node(double peak_tflops, double hbm_GBps, double nvlink
   p.gemm_flops = kGemmFraction * peak_tflops * kTFLOPS;
   p.memory_bandwidth_Bps = kMemoryFraction * hbm_GBps * kGB;
   p.activation_bytes = 2;
+  p.overlap_efficiency = kAsyncOverlap;
   const double bus = kLinkFraction * nvlink_GBps_per_dir * kGB;
   add_fits(p.collectives, {2, 4, 8}, kNvlinkLatency, [bus](CommOp, int) { return bus; });
   return p;
@@ -106,7 +118,9 @@ HardwareProfile nvswitch_node(double peak_tflops, double hbm_GBps, double nvlink
 
 const std::string kFractions =
     "gemm_flops = 0.7 x peak dense bf16, memory = 0.8 x peak, bus bandwidth = 0.8 x per-direction "
-    "link bandwidth, latencies typical of the collective library (assumed, not measured)";
+    "link bandwidth, latencies typical of the collective library (assumed, not measured); "
+    "overlap_efficiency 1: the collective library runs on its own stream, so a transfer proceeds "
+    "during the GEMMs (contention for SMs and memory not modelled)";
 
 // NVIDIA H100 SXM5 datasheet: 989.4 TFLOPS dense bf16 (1,979 with sparsity),
 // 3.35 TB/s HBM3, NVLink 4 900 GB/s per GPU (450 GB/s each way), NVSwitch.
@@ -164,6 +178,7 @@ HardwareProfile l40_pcie() {
   p.gemm_flops = kGemmFraction * 181.05 * kTFLOPS;
   p.memory_bandwidth_Bps = kMemoryFraction * 864.0 * kGB;
   p.activation_bytes = 2;
+  p.overlap_efficiency = kAsyncOverlap;
   const OpLatencies pcie{30 * kUs, 25 * kUs, 25 * kUs, 30 * kUs};
   add_fits(p.collectives, {2, 4, 8}, pcie,
            [](CommOp, int n) { return (n <= 4 ? kLinkFraction : 0.5) * 32.0 * kGB; });
@@ -189,6 +204,7 @@ HardwareProfile ascend_910b() {
   p.gemm_flops = kGemmFraction * 313.0 * kTFLOPS;
   p.memory_bandwidth_Bps = kMemoryFraction * 1600.0 * kGB;
   p.activation_bytes = 2;
+  p.overlap_efficiency = kAsyncOverlap;
   const OpLatencies hccl{25 * kUs, 20 * kUs, 20 * kUs, 25 * kUs};
   add_fits(p.collectives, {2, 4, 8}, hccl,
            [](CommOp, int n) { return kLinkFraction * (n - 1) * 28.0 * kGB; });
@@ -234,12 +250,48 @@ HardwareProfile ib_cluster() {
   return p;
 }
 
+// CPU ranks running this engine in fp32, one core each, with OpenMPI's
+// shared-memory transport on one node: `flashcomm calibrate --ranks 2
+// --repeats 11` on a 2-core AMD EPYC virtual machine (OpenMPI 4.1.4), run 16
+// times while other work shared the machine. The numbers are those of the
+// quietest run (the highest sgemm rate; the others ran up to 4x slower), all
+// from that one run so that they belong together, rounded to 3 digits. The
+// fits' latencies are their intercepts, 0 where the small messages (about a
+// microsecond) vanish in the fit. Only groups of 2 were measured; larger
+// groups are timed with the 2-rank fits. OpenMPI without a progress thread
+// moves a large message only while a rank is inside an MPI call, so a
+// transfer makes no progress during a GEMM: overlap_efficiency 0.
+HardwareProfile cpu_openmpi() {
+  HardwareProfile p;
+  p.name = "cpu-openmpi";
+  p.description =
+      "CPU ranks on one node (fp32, one core each), OpenMPI over shared memory, no progress "
+      "thread";
+  p.source =
+      "flashcomm calibrate --ranks 2 --repeats 11 on a 2-core AMD EPYC VM with OpenMPI 4.1.4, "
+      "the quietest of 16 runs on a shared machine (highest sgemm rate), rounded to 3 digits; "
+      "groups above 2 ranks use the 2-rank fits; "
+      "overlap_efficiency 0: without a progress thread a message moves only inside MPI calls";
+  p.activation_bytes = 4;
+  p.overlap_efficiency = 0.0;
+  p.gemm_flops = 74.4e9;
+  p.memory_bandwidth_Bps = 7.56e9;
+  p.exp_per_s = 207e6;
+  p.gemm_flops_by_rows = {{4, 16.2e9}, {16, 46.8e9}, {64, 51.7e9}, {256, 54.8e9}};
+  p.collectives[CommOp::all_reduce] = {{2, 1.25 * kUs, 3.61 * kGB}};
+  p.collectives[CommOp::reduce_scatter] = {{2, 0.56 * kUs, 1.71 * kGB}};
+  p.collectives[CommOp::all_gather] = {{2, 0.0, 1.29 * kGB}};
+  p.collectives[CommOp::all_to_all] = {{2, 0.0, 1.28 * kGB}};
+  return p;
+}
+
 using ProfileTable = std::vector<std::pair<std::string, std::function<HardwareProfile()>>>;
 
 const ProfileTable& builtins() {
   static const ProfileTable table = {
       {"ascend-910b", ascend_910b}, {"h100-sxm", h100_sxm}, {"h200-sxm", h200_sxm},
       {"a100-sxm", a100_sxm},       {"l40-pcie", l40_pcie}, {"ib-cluster", ib_cluster},
+      {"cpu-openmpi", cpu_openmpi},
   };
   return table;
 }
@@ -415,6 +467,11 @@ void check_profile(const HardwareProfile& p, const std::string& source) {
         fmt::format("{}: activation_bytes is {}, expected 1 to 8", source, p.activation_bytes));
   }
   check_fits(p.collectives, "collectives", source);
+  if (!std::isfinite(p.overlap_efficiency) || p.overlap_efficiency < 0.0 ||
+      p.overlap_efficiency > 1.0) {
+    throw FormatError(fmt::format("{}: overlap_efficiency is {}, expected a value from 0 to 1",
+                                  source, p.overlap_efficiency));
+  }
   if (p.ranks_per_node < 0) {
     throw FormatError(
         fmt::format("{}: ranks_per_node is {}, expected 0 or more", source, p.ranks_per_node));
@@ -449,7 +506,7 @@ HardwareProfile load_profile(const std::string& path) {
   r.only_keys(j,
               {"name", "description", "source", "gemm_flops", "gemm_flops_by_rows",
                "memory_bandwidth_Bps", "activation_bytes", "exp_per_s", "collectives",
-               "ranks_per_node", "cross_node_collectives", "calibration"},
+               "ranks_per_node", "cross_node_collectives", "overlap_efficiency", "calibration"},
               "");
   if (j.contains("calibration") && !j["calibration"].is_object()) {
     r.fail("calibration", "is not an object (the measurements of flashcomm calibrate)");
@@ -487,6 +544,9 @@ HardwareProfile load_profile(const std::string& path) {
   if (j.contains("cross_node_collectives")) {
     p.cross_node_collectives = r.fits(j, "cross_node_collectives");
   }
+  if (j.contains("overlap_efficiency")) {
+    p.overlap_efficiency = r.number(j, "overlap_efficiency");
+  }
   sort_fits(p.collectives);
   sort_fits(p.cross_node_collectives);
   check_profile(p, path);
@@ -510,6 +570,9 @@ void save_profile(const HardwareProfile& p, const std::string& path) {
   if (p.ranks_per_node > 0) {
     j["ranks_per_node"] = p.ranks_per_node;
     j["cross_node_collectives"] = fits_json(p.cross_node_collectives);
+  }
+  if (p.overlap_efficiency > 0) {
+    j["overlap_efficiency"] = p.overlap_efficiency;
   }
   std::ofstream out(path);
   if (!out) {
