@@ -170,9 +170,7 @@ double layer_floor(const LayerCost& cost, const HardwareProfile& profile,
   for (const PhaseCost& p : cost.phases) {
     s += p.flops / best_rate;
     if (p.has_collective() && p.comm_bytes > 0) {
-      const int group = p.group == "otp"   ? parallel.otp_size()
-                        : p.group == "odp" ? parallel.odp_size()
-                                           : parallel.tp_size;
+      const int group = p.group_size > 0 ? p.group_size : parallel.tp_size;
       // Bandwidth only: what the bytes cost at the fitted rate, no latency.
       s += collective_seconds(profile, p.op, group, p.comm_bytes) -
            collective_seconds(profile, p.op, group, 0);

@@ -267,7 +267,8 @@ double pipeline_wait(const std::vector<double>& transfer_s, const std::vector<do
 struct ChunkPlan {
   Collective collective;
   std::int64_t unpack_elements = 0;
-  std::int64_t gemm_rows = 0;
+  std::int64_t gemm_rows = 0;  // rows of each of gemm_segments runs, multiplied in panels
+  std::int64_t gemm_segments = 1;
 };
 
 // Builds the phases of one layer with the profile's rates.
@@ -281,6 +282,28 @@ class LayerBuilder {
   // A GEMM y[rows, out] = x[rows, in] . w[out, in]^T on the roofline: its
   // FLOPs at gemm_flops or its bytes (x, w, y once each) at memory
   // bandwidth, whichever is slower.
+  // `segments` runs of `rows` rows each, multiplied in panels of kPanelRows
+  // rows, one GEMM per panel (Engine's panel_gemm): each panel computes at
+  // the rate of its own row count, and the bytes are those of one GEMM over
+  // every row (the panels of a run stream through the same weights; a GPU
+  // engine would make them one call).
+  void panel_gemm(Phase phase, std::int64_t segments, std::int64_t rows, std::int64_t in,
+                  std::int64_t out) {
+    double compute_s = 0.0;
+    for (std::int64_t p = 0; p < rows; p += kPanelRows) {
+      const auto m = static_cast<double>(std::min<std::int64_t>(kPanelRows, rows - p));
+      compute_s +=
+          2.0 * m * static_cast<double>(in) * static_cast<double>(out) / gemm_rate(profile_, m);
+    }
+    compute_s *= static_cast<double>(segments);
+    const std::int64_t all = segments * rows;
+    PhaseCost& c = at(phase);
+    const double bytes = static_cast<double>(all * in + out * in + all * out) * elem_;
+    c.flops += 2.0 * static_cast<double>(all) * static_cast<double>(in) * static_cast<double>(out);
+    c.bytes_moved += bytes;
+    c.seconds += std::max(compute_s, bytes / profile_.memory_bandwidth_Bps);
+  }
+
   void gemm(Phase phase, std::int64_t rows, std::int64_t in, std::int64_t out) {
     const double flops =
         2.0 * static_cast<double>(rows) * static_cast<double>(in) * static_cast<double>(out);
@@ -324,17 +347,15 @@ class LayerBuilder {
     memory_bytes(phase, cost.convert_bytes());
   }
 
-  // An overlapped pair: the collective in c_eff = min(chunks, n_slice)
-  // chunks of nearly equal rows (the first ones one row more), all posted at
-  // once, each waited for, unpacked and multiplied in turn, as the engine
-  // runs ParallelConfig::overlap_chunks. The comm phase gets the encoding of
-  // every chunk before posting, the waits and the unpacking; the GEMM phase
-  // the chunk GEMMs.
+  // An overlapped pair: the collective in the chunks of overlap_row_chunks
+  // (whole panels of rows), all posted at once, each waited for, unpacked and multiplied in turn,
+  // as the engine runs ParallelConfig::overlap_chunks. The comm phase gets the encoding of every
+  // chunk before posting, the waits and the unpacking; the GEMM phase the chunk GEMMs.
   template <typename ChunkOf>
   void overlapped(Phase comm_phase, Phase gemm_phase, std::int64_t n_slice, int chunks,
                   std::int64_t gemm_in, std::int64_t gemm_out, const ChunkOf& chunk_of) {
-    const std::int64_t c_eff = std::min<std::int64_t>(chunks, n_slice);
-    FC_ASSERT(c_eff >= 1, "chunks {} n_slice {}", chunks, n_slice);
+    const std::vector<RowRange> ranges = overlap_row_chunks(static_cast<int>(n_slice), chunks);
+    const auto c_eff = static_cast<std::int64_t>(ranges.size());
     std::vector<double> transfer;
     std::vector<double> busy;
     std::int64_t bytes = 0;
@@ -342,7 +363,7 @@ class LayerBuilder {
     double unpack_bytes = 0.0;
     Collective first;
     for (std::int64_t c = 0; c < c_eff; ++c) {
-      const std::int64_t rows = n_slice / c_eff + (c < n_slice % c_eff ? 1 : 0);
+      const std::int64_t rows = ranges[static_cast<size_t>(c)].rows;
       const ChunkPlan chunk = chunk_of(rows);
       if (c == 0) {
         first = chunk.collective;
@@ -354,7 +375,7 @@ class LayerBuilder {
       const double unpack = static_cast<double>(chunk.unpack_elements * elem_);
       unpack_bytes += unpack;
       const double before = at(gemm_phase).seconds;
-      gemm(gemm_phase, chunk.gemm_rows, gemm_in, gemm_out);
+      panel_gemm(gemm_phase, chunk.gemm_segments, chunk.gemm_rows, gemm_in, gemm_out);
       const double g = at(gemm_phase).seconds - before;
       // Decoding this chunk follows its wait as its unpacking does; the
       // encoding of every chunk precedes the posting, outside the pipeline.
@@ -439,23 +460,23 @@ void check_tokens(const ModelConfig& model, int n_tokens) {
 
 // FlashComm1's AllGather of the slices, [n_slice, d] in, [n_padded, d] out
 // over TP, and the GEMM it feeds ([rows, d] . [out, d]^T): under overlap
-// chunk c gathers rows_c rows of every slice and its GEMM runs on those
-// tp*rows_c rows (padding rows included), after an unpacking copy of the f32
-// rows into token order (a decode writes them there itself).
+// chunk c gathers rows_c rows of every slice (one chunk without overlap) and
+// the GEMM runs on each rank's rows_c in panels (padding rows included),
+// writing the tokens' rows in place: no unpacking copy.
 void gather_then_gemm(LayerBuilder& b, Phase comm, Phase gemm, const Shapes& s, const Crossings& x,
-                      std::int64_t gemm_out, bool converts) {
+                      std::int64_t gemm_out) {
   const auto gather = [&](std::int64_t slice_rows) {
     return Collective{CommOp::all_gather, "tp", s.tp,       x.tp,
                       s.tp * slice_rows,  s.d,  slice_rows, s.tp * slice_rows};
   };
   if (s.chunks <= 1) {
     b.collective(comm, gather(s.n_slice));
-    b.gemm(gemm, s.n, s.d, gemm_out);
+    b.panel_gemm(gemm, s.tp, s.n_slice, s.d, gemm_out);
     return;
   }
   b.open(comm);
   b.overlapped(comm, gemm, s.n_slice, s.chunks, s.d, gemm_out, [&](std::int64_t rows) {
-    return ChunkPlan{gather(rows), converts ? 0 : 2 * rows * s.tp * s.d, s.tp * rows};
+    return ChunkPlan{gather(rows), 0, rows, s.tp};
   });
 }
 
@@ -469,12 +490,12 @@ void flashcomm2_projection(LayerBuilder& b, const Shapes& s, Phase a2a, Phase ge
   const char* odp_group = k == 1 ? "tp" : "odp";
 
   // (1) chunk reorder into the AlltoAll's send buffer [n_padded, in_local]:
-  // K = 1 sends the activations as they are, padding rows zeroed; K > 1
-  // copies each chunk into its slot. Then AlltoAll over ODP (K = 1: the TP
-  // group itself) and the feature concatenation [K*n_slice, in_full/K],
-  // which reads and writes the whole received buffer.
+  // each chunk copied (encoded) into its slot, padding rows zeroed. Then
+  // AlltoAll over ODP (K = 1: the TP group itself) and the feature
+  // concatenation [K*n_slice, in_full/K], which reads and writes the whole
+  // received buffer.
   const std::int64_t send = s.n_padded * in_local;
-  b.memory(a2a, k == 1 ? (s.n_padded - s.n) * in_local : s.n * in_local + send);
+  b.memory(a2a, s.n * in_local + send);
   const auto alltoall = [&](std::int64_t slice_rows) {
     const std::int64_t rows = s.tp * slice_rows;
     return Collective{CommOp::all_to_all, odp_group, g, odp_crosses, rows, in_local, rows, rows};
@@ -484,10 +505,10 @@ void flashcomm2_projection(LayerBuilder& b, const Shapes& s, Phase a2a, Phase ge
   if (s.chunks <= 1) {
     b.collective(a2a, alltoall(s.n_slice));
     b.memory(a2a, 2 * send);
-    b.gemm(gemm, k * s.n_slice, in_full / k, s.d);
+    b.panel_gemm(gemm, k, s.n_slice, in_full / k, s.d);
   } else {
     b.overlapped(a2a, gemm, s.n_slice, s.chunks, in_full / k, s.d, [&](std::int64_t rows) {
-      return ChunkPlan{alltoall(rows), 2 * rows * s.tp * in_local, k * rows};
+      return ChunkPlan{alltoall(rows), 2 * rows * s.tp * in_local, rows, k};
     });
   }
 
@@ -525,8 +546,6 @@ LayerCost predict_layer(const ModelConfig& model, const ParallelConfig& parallel
   check_tokens(model, n_tokens);
   const Shapes s = shapes_of(model, parallel, n_tokens);
   const Crossings x = crossings_of(profile, parallel);
-  const bool gather_converts =
-      wire_of(parallel, CommOp::all_gather, profile.activation_bytes).converts;
   LayerBuilder b(profile, parallel);
 
   // ---- Attention block ------------------------------------------------
@@ -537,7 +556,7 @@ LayerCost predict_layer(const ModelConfig& model, const ParallelConfig& parallel
   // GEMM, overlapped with it under overlap_chunks.
   const std::int64_t qkv_cols = s.q_local + 2 * s.kv_local;
   if (s.flashcomm1) {
-    gather_then_gemm(b, Phase::attn_gather, Phase::qkv_proj, s, x, qkv_cols, gather_converts);
+    gather_then_gemm(b, Phase::attn_gather, Phase::qkv_proj, s, x, qkv_cols);
   } else {
     b.gemm(Phase::qkv_proj, s.n, s.d, qkv_cols);
   }
@@ -594,7 +613,7 @@ LayerCost predict_layer(const ModelConfig& model, const ParallelConfig& parallel
   // ---- MLP block ------------------------------------------------------
   b.memory(Phase::mlp_norm, 2 * s.n_res * s.d + s.d);
   if (s.flashcomm1) {
-    gather_then_gemm(b, Phase::mlp_gather, Phase::gate_up_proj, s, x, 2 * s.hid, gather_converts);
+    gather_then_gemm(b, Phase::mlp_gather, Phase::gate_up_proj, s, x, 2 * s.hid);
   } else {
     b.gemm(Phase::gate_up_proj, s.n, s.d, 2 * s.hid);
   }
