@@ -186,6 +186,11 @@ const std::map<std::string, Case>& cases() {
       {"overlap-chunks-zero", [](const TempDir&) { return stories("--overlap-chunks 0"); }},
       {"comm-quant-unknown", [](const TempDir&) { return stories("--comm-quant int4"); }},
       {"comm-dtype-unknown", [](const TempDir&) { return stories("--comm-dtype fp16"); }},
+      {"flashcomm-mode-unknown", [](const TempDir&) { return stories("--flashcomm on"); }},
+      {"flashcomm-auto-with-k",
+       [](const TempDir&) { return stories("--flashcomm auto --flashcomm2 1"); }},
+      {"flashcomm-auto-hardware",
+       [](const TempDir&) { return stories("--flashcomm auto --hardware no-such-gpu"); }},
       {"prompt-empty", [](const TempDir&) { return stories("--prompt '' --steps 30"); }},
       {"prompt-too-long",
        [](const TempDir&) {

@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "flashcomm/cost_model.hpp"
 #include "flashcomm/engine.hpp"
 #include "flashcomm/model.hpp"
 #include "flashcomm/presets.hpp"
@@ -517,6 +518,62 @@ TEST(Cli, BadTokenizerFilesAreFormatErrors) {
   test::write_file(dir.file("noise.bin"), std::string(1000, '\x7f'));
   expect_refused(flashcomm(run + quote(dir.file("noise.bin")) + " --tp 2"), 3,
                  dir.file("noise.bin") + ": max_token_length");
+}
+
+}  // namespace
+}  // namespace flashcomm
+
+namespace flashcomm {
+namespace {
+
+// --flashcomm auto: each request's prefill runs the scheme the cost model
+// picks for its length (recorded in the report, equal to choose_scheme's),
+// and the tokens are those of one rank, short prompt and long alike.
+TEST(Cli, FlashcommAutoRecordsEachPassAndKeepsTheTokens) {
+  const std::string long_prompt =
+      "Lily went to the park. She saw a big dog and a small cat. They played with a red ball "
+      "all day. Then the sun went down and Lily went home to her mom. ";
+  const std::string prompts =
+      " --prompt 'Once upon a time' --prompt " + test::quote(long_prompt + long_prompt);
+  // This machine's compute with slow links, the same for every collective:
+  // long prompts are then worth FlashComm's fewer bytes, short ones are not
+  // (their padding and extra collectives cost more than they save).
+  HardwareProfile slow_links = builtin_profile("cpu-openmpi");
+  for (auto& [op, fits] : slow_links.collectives) {
+    fits = {{2, 5e-5, 1e7}, {4, 5e-5, 1e7}};
+  }
+  slow_links.name = "slow-links";
+  const test::TempDir dir("auto-profile");
+  save_profile(slow_links, dir.file("slow.json"));
+  const auto single = run_json(prompts + " --steps 16", "auto1");
+  const auto chosen = run_json(prompts +
+                                   " --steps 16 --tp 4 --flashcomm auto --overlap-chunks 2 "
+                                   "--hardware " +
+                                   test::quote(dir.file("slow.json")),
+                               "auto2");
+  ASSERT_TRUE(chosen.contains("requests"));
+  ASSERT_EQ(chosen["requests"].size(), 2U);
+  const ModelConfig model = read_llama2c_config(test::stories_checkpoint());
+  AutoSpace space;
+  space.tp_size = 4;
+  space.o_proj_k = 1;
+  space.chunk_options = {1, 2};
+  HardwareProfile cpu = load_profile(dir.file("slow.json"));
+  cpu.activation_bytes = 4;
+  std::vector<std::string> names;
+  for (size_t i = 0; i < 2; ++i) {
+    const auto& r = chosen["requests"][i];
+    EXPECT_EQ(r["generated_tokens"], single["requests"][i]["generated_tokens"]) << i;
+    ASSERT_TRUE(r.contains("scheme")) << r.dump();
+    const int n = static_cast<int>(r["prompt_tokens"].size());
+    const AutoChoice want = choose_scheme(model, cpu, space, n);
+    EXPECT_EQ(r["scheme"]["name"], want.name) << n << " tokens";
+    EXPECT_DOUBLE_EQ(r["scheme"]["predicted_s"].get<double>(), want.predicted_s);
+    names.push_back(r["scheme"]["name"]);
+  }
+  EXPECT_EQ(names[0], "plain TP") << "a 5-token prompt stays on plain TP";
+  EXPECT_NE(names[1], "plain TP") << "a long prompt should switch on this profile";
+  EXPECT_EQ(chosen["parallel"]["flashcomm"], "auto");
 }
 
 }  // namespace

@@ -15,6 +15,11 @@ struct RunOptions {
   std::vector<std::string> prompt_tokens;  // one per request: ids "1,2,3", taken verbatim
   int steps = 256;
   ParallelConfig parallel;
+  // "manual": the flags set the scheme; "auto": each prefill pass runs the
+  // scheme the cost model predicts fastest on `hardware` for its length.
+  std::string flashcomm = "manual";
+  std::string hardware = "cpu-openmpi";  // auto's profile: a built-in name or a JSON file
+  double memory_budget_gib = -1;  // auto: per rank for the extra o_proj weights; < 0 unlimited
   bool check = false;
   std::string json_path;
   std::string log_level;

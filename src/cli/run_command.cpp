@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -35,6 +36,7 @@
 #include "comm/mpi/mpi_check.hpp"
 #include "flashcomm/checkpoint.hpp"
 #include "flashcomm/context.hpp"
+#include "flashcomm/cost_model.hpp"
 #include "flashcomm/engine.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/kernels.hpp"
@@ -71,7 +73,40 @@ struct Prepared {
   std::vector<int> stop_tokens;  // generation ends before these: the tokenizer's, or none
   std::vector<Request> requests;
   int context = 0;  // KV cache capacity: the longest prompt + steps, within seq_len
+  std::optional<AutoSpace> auto_space;  // --flashcomm auto: what the ranks hold and choose from
+  HardwareProfile hardware;  // --flashcomm auto: the profile it predicts with
 };
+
+// --flashcomm auto: the held blocks (from the memory budget) and the
+// choices the flags allow. The scheme flags themselves are the choice's.
+AutoSpace auto_space_for(const RunOptions& opt, const ModelConfig& config) {
+  const ParallelConfig& pc = opt.parallel;
+  if (pc.flashcomm1 || pc.flashcomm2 != 0) {
+    throw ConfigError(
+        "--flashcomm auto chooses FlashComm1 and FlashComm2 per pass; leave out --flashcomm1 and "
+        "--flashcomm2");
+  }
+  if (!(opt.memory_budget_gib < 0) && !(opt.memory_budget_gib >= 0)) {
+    throw ConfigError("--memory-budget must be a number of GiB");
+  }
+  const double budget = opt.memory_budget_gib < 0 ? std::numeric_limits<double>::infinity()
+                                                  : opt.memory_budget_gib * (1 << 30);
+  // The engine holds float32 weights.
+  const HeldBlocks held = held_blocks_for_budget(config, pc.tp_size, budget, 4, false);
+  AutoSpace space;
+  space.tp_size = pc.tp_size;
+  space.dp_size = pc.dp_size;
+  space.o_proj_k = held.o_proj_k;
+  space.mlp_k = pc.flashcomm2_mlp;  // down_proj only when asked for, at that K_mlp
+  space.allow_int8 = pc.comm_quant == CommQuant::int8;
+  space.allow_bf16 = pc.comm_dtype == CommDtype::bf16;
+  space.chunk_options = {1};
+  if (pc.overlap_chunks > 1) {
+    space.chunk_options.push_back(pc.overlap_chunks);
+  }
+  auto_candidates(space);  // validates
+  return space;
+}
 
 // Fails now, not after the whole run, when the report cannot be written.
 void check_json_path(const std::string& path) {
@@ -120,6 +155,12 @@ Prepared prepare(const RunOptions& opt, int world_size) {
   Prepared p;
   p.config = read_checkpoint_config(opt.model);
   check_parallel_config(p.config, opt.parallel, world_size);
+  if (opt.flashcomm == "auto") {
+    p.auto_space = auto_space_for(opt, p.config);
+    p.hardware = resolve_profile(opt.hardware);
+    // The prediction is of this engine: float32 elements.
+    p.hardware.activation_bytes = 4;
+  }
   if (!opt.tokenizer.empty()) {
     p.tokenizer = load_tokenizer(opt.tokenizer, p.config.vocab_size);
     p.stop_tokens = p.tokenizer->stop_tokens();
@@ -147,6 +188,7 @@ std::uint64_t fingerprint(const RunOptions& opt, const Prepared& p) {
       c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.seq_len, c.shared_classifier, p.context);
   text += fmt::format("|mlp {} quant {} dtype {} chunks {}", pc.flashcomm2_mlp,
                       to_string(pc.comm_quant), to_string(pc.comm_dtype), pc.overlap_chunks);
+  text += fmt::format("|{} {} {}", opt.flashcomm, opt.hardware, opt.memory_budget_gib);
   for (const Request& r : p.requests) {
     text += fmt::format("|{}", fmt::join(r.prompt_tokens, ","));
   }
@@ -262,6 +304,12 @@ void print_and_write(const RunOptions& opt, const Tokenizer* tokenizer, std::vec
       fmt::print("--- request {} (dp replica {}) ---\n", r["index"].get<int>(),
                  r["dp_rank"].get<int>());
     }
+    if (r.contains("scheme")) {
+      fmt::print(
+          "prefill scheme (--flashcomm auto): {}, predicted {:.3f} ms vs plain TP {:.3f} ms\n",
+          r["scheme"]["name"].get<std::string>(), r["scheme"]["predicted_s"].get<double>() * 1e3,
+          r["scheme"]["plain_tp_predicted_s"].get<double>() * 1e3);
+    }
     if (r["text"].is_null()) {
       fmt::print("prompt tokens: {}\ngenerated tokens: {}\n",
                  join_token_ids(r["prompt_tokens"].get<std::vector<int>>()),
@@ -271,13 +319,20 @@ void print_and_write(const RunOptions& opt, const Tokenizer* tokenizer, std::vec
     }
   }
   const ParallelConfig& pc = ctx.config();
-  fmt::print(
-      "\nlayout: dp {} x tp {}, flashcomm1 {}, flashcomm2 {}, down_proj flashcomm2 {}, payloads "
-      "{}/{}, overlap chunks {}\n",
-      pc.dp_size, pc.tp_size, pc.flashcomm1 ? "on" : "off",
-      pc.flashcomm2_on() ? fmt::format("K={}", pc.flashcomm2) : "off",
-      pc.flashcomm2_mlp_on() ? fmt::format("K={}", pc.flashcomm2_mlp) : "off",
-      to_string(move_wire(pc)), to_string(reduce_wire(pc)), pc.overlap_chunks);
+  if (opt.flashcomm == "auto") {
+    fmt::print(
+        "\nlayout: dp {} x tp {}, --flashcomm auto (a scheme per prefill pass, above), holding "
+        "o_proj for K={} and down_proj for K={}\n",
+        pc.dp_size, pc.tp_size, pc.flashcomm2, pc.flashcomm2_mlp);
+  } else {
+    fmt::print(
+        "\nlayout: dp {} x tp {}, flashcomm1 {}, flashcomm2 {}, down_proj flashcomm2 {}, "
+        "payloads {}/{}, overlap chunks {}\n",
+        pc.dp_size, pc.tp_size, pc.flashcomm1 ? "on" : "off",
+        pc.flashcomm2_on() ? fmt::format("K={}", pc.flashcomm2) : "off",
+        pc.flashcomm2_mlp_on() ? fmt::format("K={}", pc.flashcomm2_mlp) : "off",
+        to_string(move_wire(pc)), to_string(reduce_wire(pc)), pc.overlap_chunks);
+  }
   fmt::print("prefill: {:.6f} s   decode: {} token{} in {:.6f} s (replica 0)\n", prefill_seconds,
              decoded, decoded == 1 ? "" : "s", decode_seconds);
   fmt::print("prefill collectives (rank 0):\n{}", comm_table(ctx.stats().records(Pass::prefill)));
@@ -303,6 +358,7 @@ void print_and_write(const RunOptions& opt, const Tokenizer* tokenizer, std::vec
           {"flashcomm1", pc.flashcomm1},
           {"flashcomm2", pc.flashcomm2},
           {"flashcomm2_mlp", pc.flashcomm2_mlp},
+          {"flashcomm", opt.flashcomm},
           {"comm_quant", to_string(pc.comm_quant)},
           {"comm_dtype", to_string(pc.comm_dtype)},
           {"overlap_chunks", pc.overlap_chunks}}},
@@ -390,6 +446,21 @@ void add_run_options(CLI::App& run, RunOptions& o) {
                  "overlap)")
       ->capture_default_str()
       ->transform(decimal_integer());
+  run.add_option("--flashcomm", o.flashcomm,
+                 "manual: the scheme of the flags above; auto: each prefill pass runs the scheme "
+                 "the cost model predicts fastest for its length (plain TP, FlashComm1, "
+                 "FlashComm2 at any K, down_proj FlashComm2 with --flashcomm2-mlp, int8/bf16 "
+                 "only when --comm-quant/--comm-dtype allow them, overlap up to "
+                 "--overlap-chunks); decode stays plain TP")
+      ->check(CLI::IsMember({"manual", "auto"}))
+      ->capture_default_str();
+  run.add_option("--hardware", o.hardware,
+                 "--flashcomm auto: the hardware profile it predicts with (a built-in name or a "
+                 "calibrated JSON file)")
+      ->capture_default_str();
+  run.add_option("--memory-budget", o.memory_budget_gib,
+                 "--flashcomm auto: GiB per rank for the extra o_proj (and down_proj) weights "
+                 "FlashComm2 holds; the smallest K that fits is held (default: unlimited, K=1)");
   run.add_flag("--check", o.check,
                "compare the last position's logits with an unsharded forward pass");
   run.add_option("--json", o.json_path, "write a JSON report to this file");
@@ -472,10 +543,56 @@ int run_command(const RunOptions& options, int argc, char** argv) {
   // 2. serve; 3. report. A failure now may leave peers inside a collective,
   // so it ends the whole job.
   try {
-    ParallelContext ctx(MPI_COMM_WORLD, opt.parallel);
+    // Under auto the ranks hold the blocks of the space and the groups of
+    // every FlashComm2 size it allows.
+    ParallelConfig held = opt.parallel;
+    std::vector<int> ks;
+    std::vector<AutoChoice> choices;
+    if (prep.auto_space) {
+      held.flashcomm2 = prep.auto_space->o_proj_k;
+      held.flashcomm2_mlp = prep.auto_space->mlp_k;
+      for (const ParallelConfig& c : auto_candidates(*prep.auto_space)) {
+        ks.push_back(c.flashcomm2);
+        ks.push_back(c.flashcomm2_mlp);
+      }
+      log::info("--flashcomm auto on profile {}: holding o_proj for K={} and down_proj for K={}",
+                prep.hardware.name, held.flashcomm2, held.flashcomm2_mlp);
+    }
+    ParallelContext ctx(MPI_COMM_WORLD, held, ks);
     Engine engine(checkpoint->source(), ctx, true, prep.context);
+    if (prep.auto_space) {
+      engine.set_scheme_chooser([&](int n_tokens, Pass pass) {
+        ParallelConfig plain;
+        plain.tp_size = held.tp_size;
+        plain.dp_size = held.dp_size;
+        if (pass == Pass::decode) {
+          return plain;
+        }
+        const AutoChoice c = choose_scheme(prep.config, prep.hardware, *prep.auto_space, n_tokens);
+        log::info("prefill of {} tokens: {} (predicted {:.3f} ms, {:.2f}x plain TP's {:.3f} ms)",
+                  n_tokens, c.name, c.predicted_s * 1e3, c.plain_tp_s / c.predicted_s,
+                  c.plain_tp_s * 1e3);
+        choices.push_back(c);
+        return c.parallel;
+      });
+    }
     double max_rel_err = 0.0;
-    const json mine = serve(opt, prep, *checkpoint, ctx, engine, max_rel_err);
+    json mine = serve(opt, prep, *checkpoint, ctx, engine, max_rel_err);
+    // Each request's prefill is one pass: its choice goes with its result.
+    if (prep.auto_space) {
+      for (size_t i = 0; i < mine.size() && i < choices.size(); ++i) {
+        const AutoChoice& c = choices[i];
+        mine[i]["scheme"] = {{"name", c.name},
+                             {"flashcomm1", c.parallel.flashcomm1},
+                             {"flashcomm2", c.parallel.flashcomm2},
+                             {"flashcomm2_mlp", c.parallel.flashcomm2_mlp},
+                             {"comm_quant", to_string(c.parallel.comm_quant)},
+                             {"comm_dtype", to_string(c.parallel.comm_dtype)},
+                             {"overlap_chunks", c.parallel.overlap_chunks},
+                             {"predicted_s", c.predicted_s},
+                             {"plain_tp_predicted_s", c.plain_tp_s}};
+      }
+    }
     const double worst_err = [&] {
       double v = max_rel_err;
       FC_CHECK_MPI(MPI_Allreduce(&max_rel_err, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
