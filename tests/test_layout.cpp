@@ -188,8 +188,9 @@ TEST(Layout, BadConfigurationsNameTheOptionAndValues) {
   expect_config_error(m, layout(1, 8, 0), 8, "--tp 8 must divide the model's hidden_dim 172");
   expect_config_error(m, layout(1, 0, 0), 0, "--tp 0 must be at least 1");
   expect_config_error(m, layout(0, 2, 0), 0, "--dp 0 must be at least 1");
-  expect_config_error(m, layout(1, 2, -1), 2,
-                      "--flashcomm2 -1 must be 0 (off) or a tensor-parallel size K >= 1 of the projection");
+  expect_config_error(
+      m, layout(1, 2, -1), 2,
+      "--flashcomm2 -1 must be 0 (off) or a tensor-parallel size K >= 1 of the projection");
   expect_config_error(m, layout(2, 2, 0), 3, "the job has 3 ranks but --dp 2 x --tp 2 needs 4");
   ModelConfig kv = m;
   kv.n_heads = 12;
