@@ -126,15 +126,15 @@ std::vector<int> group_sizes_of(int tp) {
 
 // Buffers of the size of a layer's collectives, far beyond the bucket's
 // depth, so that the fit is the bucket's rate rather than the burst's; but
-// none whose AllReduce over `tp` ranks takes the link more than half a
-// second, and at least the two smallest.
+// none whose AllReduce over `tp` ranks takes the link more than a quarter
+// of a second, and at least the two smallest.
 std::vector<std::int64_t> calibration_buffers(int tp, double rate_bps) {
   const std::int64_t candidates[] = {64 << 10, 256 << 10, 1 << 20, 4 << 20};
   std::vector<std::int64_t> sizes;
   for (std::int64_t s : candidates) {
     const double seconds =
         static_cast<double>(bytes_sent(CommOp::all_reduce, tp, s)) * tp / (rate_bps / 8.0);
-    if (sizes.size() < 2 || seconds <= 0.5) {
+    if (sizes.size() < 2 || seconds <= 0.25) {
       sizes.push_back(s);
     }
   }

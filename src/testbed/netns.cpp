@@ -153,10 +153,11 @@ Tools find_tools() {
   if (!missing.empty()) {
     const char* path = std::getenv("PATH");
     throw ConfigError(fmt::format(
-        "--testbed shaped needs the programs ip and tc (iproute2), but {} {} not on PATH ({}); "
+        "--testbed shaped needs the programs ip and tc (iproute2), but {} not on PATH ({}); "
         "install iproute2 (apt-get install iproute2, as scripts/install-deps.sh does) or add "
         "/usr/sbin to PATH",
-        joined(missing), missing.size() == 1 ? "is" : "are", path != nullptr ? path : "unset"));
+        missing.size() == 1 ? missing[0] + " is" : "ip and tc are",
+        path != nullptr ? path : "unset"));
   }
   return t;
 }
@@ -310,7 +311,7 @@ bool ShapedNamespace::remove() {
                name_, r.output, name_);
     return false;
   }
-  log::debug("removed the network namespace {}", name_);
+  log::debug("ip netns delete {}: done", name_);
   return true;
 }
 
