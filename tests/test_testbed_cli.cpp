@@ -217,6 +217,30 @@ TEST(TestbedCli, AFailedJobLeavesNoNamespace) {
   }
 }
 
+// A run killed with SIGKILL cannot tidy up; the next run removes what it
+// left, and only that: never the namespace of a run still going.
+TEST(TestbedCli, TheNextRunRemovesANamespaceAKilledRunLeft) {
+  pid_t gone = fork();
+  if (gone == 0) {
+    _exit(0);
+  }
+  waitpid(gone, nullptr, 0);
+  const std::string stale = fmt::format("flashcomm-{}", gone);
+  const std::string live = fmt::format("flashcomm-{}", getpid());
+  ASSERT_EQ(shell("ip netns add " + stale + " && ip netns add " + live, 30).exit_code, 0);
+  const test::TempDir dir("testbed-stale");
+  const Outcome o =
+      shell(flashcomm(tiny_bench(dir.path(), 16) + " --testbed shaped --link-rate 100mbit"), 120);
+  const std::set<std::string> after = namespaces();
+  shell("ip netns delete " + live + "; ip netns delete " + stale + " 2>/dev/null", 30);
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  EXPECT_EQ(count(o.output, "removed the network namespace " + stale + " left by an earlier run"),
+            1U)
+      << o.output;
+  EXPECT_EQ(after.count(stale), 0U);
+  EXPECT_EQ(after.count(live), 1U) << "the namespace of a live process was removed";
+}
+
 TEST(TestbedCli, BadOptionsAreRefusedBeforeANamespaceExists) {
   struct Case {
     std::string flags;
