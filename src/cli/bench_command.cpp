@@ -248,6 +248,7 @@ json row_json(const BenchRow& r) {
           {"speedup_vs_tp", optional_json(r.speedup_vs_tp)},
           {"speedup_vs_fc1", optional_json(r.speedup_vs_fc1)},
           {"predicted_s", r.predicted_s},
+          {"predicted_comm_s", r.predicted_comm_s},
           {"floor_s", r.floor_s}};
 }
 

@@ -333,7 +333,7 @@ json testbed_of_job(const TestbedPlan& plan) {
     return nullptr;
   }
   const char* value = std::getenv(kTestbedVar);
-  const json doc = value != nullptr ? json::parse(value, nullptr, false) : json();
+  json doc = value != nullptr ? json::parse(value, nullptr, false) : json();
   const auto rate = doc.is_object() ? doc.find("rate_bps") : doc.end();
   if (!doc.is_object() || !doc.contains("namespace") || rate == doc.end() || !rate->is_number() ||
       !(rate->get<double>() >= testbed::kMinRateBps &&

@@ -122,7 +122,7 @@ std::string human_rate(double bits_per_s) {
 
 std::int64_t tbf_burst_bytes(double rate_bps) {
   const auto per_ms = static_cast<std::int64_t>(rate_bps / 8.0 * 1e-3);
-  return std::max<std::int64_t>(4 * kLinkMtuBytes, per_ms);
+  return std::max<std::int64_t>(std::int64_t{4} * kLinkMtuBytes, per_ms);
 }
 
 RateMatch match_link_rate(const HardwareProfile& target, int tp_size, double machine_gemm_flops) {

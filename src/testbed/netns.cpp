@@ -129,7 +129,9 @@ std::string find_on_path(const std::string& program) {
     if (dir.empty()) {
       continue;
     }
-    const std::string candidate = dir + "/" + program;
+    std::string candidate = dir;
+    candidate += "/";
+    candidate += program;
     struct stat st {};
     if (stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
         access(candidate.c_str(), X_OK) == 0) {
