@@ -21,6 +21,15 @@
 
 namespace flashcomm::testbed {
 
+namespace {
+
+// Enough repeats of a GEMM of a few milliseconds that the probes share the
+// cores for most of their run, rather than the first ones finishing before
+// the last ones start.
+constexpr int kProbeRepeats = 40;
+
+}  // namespace
+
 double measure_concurrent_gemm_flops(int processes) {
   FC_ASSERT(processes >= 1, "processes={}", processes);
   const int cores = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
@@ -48,7 +57,7 @@ double measure_concurrent_gemm_flops(int processes) {
       double rate = 0.0;
       try {
         kernels::set_blas_threads(threads);
-        rate = measure_gemm_flops(256, 1024, 1024, 5);
+        rate = measure_gemm_flops(256, 1024, 1024, kProbeRepeats);
       } catch (...) {
         rate = 0.0;
       }
