@@ -7,11 +7,12 @@
 #   scripts/testbed-report.sh [OUT_DIR]      (default: docs/testbed)
 #
 # writes OUT_DIR/testbed.csv, testbed.json, testbed.png (from testbed.gp and
-# the .dat files) and testbed.md (the table the README shows); each run's
+# testbed.dat) and testbed.md (the table the README shows); each run's
 # own bench output stays in WORK_DIR (default: BUILD_DIR/testbed-runs).
 # Settings, from the environment:
 #   RUNS      the runs, each PROFILE:TP: the link matched to that hardware
-#             profile at that TP size (default: h100-sxm:4 l40-pcie:4 h100-sxm:8)
+#             profile at that TP size (default: h100-sxm:4 l40-pcie:4 h100-sxm:8
+#             h100-sxm:2 l40-pcie:2)
 #   MODEL     a preset, one layer of it (default: llama-3-8b)
 #   TOKENS    prompt token counts (default: 16,64,128)
 #   SCHEMES   scheme families, as bench --schemes takes them
@@ -27,7 +28,7 @@ work="${WORK_DIR:-$build/testbed-runs}"
 # The scheme families measured; a family the benchmark gains is one more
 # word here (the report reads every row's scheme from the benchmark itself).
 SCHEMES="${SCHEMES:-tp,fc1,fc2,fc1+fc2}"
-RUNS="${RUNS:-h100-sxm:4 l40-pcie:4 h100-sxm:8}"
+RUNS="${RUNS:-h100-sxm:4 l40-pcie:4 h100-sxm:8 h100-sxm:2 l40-pcie:2}"
 MODEL="${MODEL:-llama-3-8b}"
 TOKENS="${TOKENS:-16,64,128}"
 WARMUP="${WARMUP:-1}"
@@ -42,6 +43,7 @@ mkdir -p "$out" "$work"
 # 1. One shaped benchmark per run.
 runs=()
 start=$SECONDS
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 for spec in $RUNS; do
   profile="${spec%%:*}"
   tp="${spec##*:}"
@@ -62,16 +64,23 @@ for spec in $RUNS; do
 done
 elapsed=$((SECONDS - start))
 
-# 2. The machine, for the record.
-machine=$(jq -n \
-  --arg cpu "$(lscpu | sed -n 's/^Model name: *//p' | head -1)" \
-  --arg cores "$(nproc)" \
-  --arg kernel "$(uname -r)" \
-  --arg mpi "$(mpiexec --version 2>&1 | head -1)" \
-  --arg date "$(date -u +%Y-%m-%dT%H:%MZ)" \
-  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
-  '{cpu: $cpu, cores: ($cores | tonumber), kernel: $kernel, mpi: $mpi, date: $date,
-    load_average_after: $load}')
+# 2. The machine, for the record (remaking the report: as the runs found it).
+if [ "${REPORT_ONLY:-0}" = 1 ] && [ -f "$out/testbed.json" ]; then
+  machine=$(jq .machine "$out/testbed.json")
+  elapsed=$(jq .seconds "$out/testbed.json")
+else
+  machine=$(jq -n \
+    --arg cpu "$(lscpu | sed -n 's/^Model name: *//p' | head -1)" \
+    --arg cores "$(nproc)" \
+    --arg memory "$(awk '/^MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)" \
+    --arg kernel "$(uname -r)" \
+    --arg mpi "$(mpiexec --version 2>&1 | head -1)" \
+    --arg date "$(date -u +%Y-%m-%dT%H:%MZ)" \
+    --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg load_before "$load_before" \
+    '{cpu: $cpu, cores: ($cores | tonumber), memory_gib: ($memory | tonumber), kernel: $kernel,
+      mpi: $mpi, date: $date,
+        load_average_before: $load_before, load_average_after: $load}')
+fi
 
 # 3. One JSON, one CSV: a row per measurement, its prediction and the error.
 jq -n --argjson machine "$machine" --argjson seconds "$elapsed" \
@@ -104,7 +113,9 @@ jq -r '
 
 # 4. The table the README shows.
 {
-  jq -r '"Measured on \(.machine.cpu) (\(.machine.cores) cores), Linux \(.machine.kernel), \(.machine.mpi); " +
+  jq -r '"Measured on \(.machine.cpu) (\(.machine.cores) cores, \(.machine.memory_gib) GiB), Linux " +
+         "\(.machine.kernel), \(.machine.mpi), \(.machine.date); load average (1, 5, 15 min) " +
+         "\(.machine.load_average_before) before the runs, \(.machine.load_average_after) after; " +
          "\(.model), 1 layer, warm-up \(.warmup), \(.repeats) repeats (median, min-max), " +
          "\(.seconds) s for every run."' "$out/testbed.json"
   echo
@@ -125,16 +136,21 @@ jq -r '
     "\(.speedup_vs_tp * 100 | round / 100)x |"' "$out/testbed.json"
 } > "$out/testbed.md"
 
-# 5. The plot: a column per run, a colour per scheme; the whole layer
-#    above, its communication below; measured solid, predicted dashed.
+# 5. The plot: a row per run, a colour per scheme; the whole layer on the
+#    left, its communication on the right; measured solid, predicted dashed.
+#    Its data is testbed.dat, one block per run, part and scheme.
 panels=$(jq '.runs | length' "$out/testbed.json")
+rm -f "$out"/testbed-*.dat
+: > "$out/testbed.dat"
+block=0
 {
-  echo "set terminal pngcairo size $((560 * panels)),960 noenhanced"
-  echo "set output '$out/testbed.png'"
-  echo "set multiplot layout 2,$panels"
+  echo "set terminal pngcairo size 1200,$((440 * panels)) noenhanced"
+  echo "set output 'testbed.png'"
+  echo "set multiplot layout $panels,2"
   echo "set logscale xy; set grid; set key left top font ',9'; set xlabel 'prompt tokens'"
-  for part in layer comm; do
-    for ((i = 0; i < panels; i++)); do
+  jq -r '[.runs[].rows[].tokens] | "set xrange [\(min * 0.8):\(max * 1.25)]"' "$out/testbed.json"
+  for ((i = 0; i < panels; i++)); do
+    for part in layer comm; do
       if [ "$part" = layer ]; then
         echo "set ylabel 'ms per layer'"
         jq -r --argjson i "$i" '.runs[$i] | "set title \"\(.profile)-matched link, TP \(.tp): \(.testbed.rate_bps / 1e6 | round) Mbit/s (dashed: predicted)\""' "$out/testbed.json"
@@ -147,17 +163,21 @@ panels=$(jq '.runs | length' "$out/testbed.json")
       plot="plot "
       n=0
       while IFS= read -r scheme; do
-        dat="$out/testbed-$part-$i-$n.dat"
-        jq -r --argjson i "$i" --arg s "$scheme" \
-          ".runs[\$i].rows[] | select(.scheme == \$s) | $columns" "$out/testbed.json" > "$dat"
-        plot+="'$dat' using 1:2 with linespoints lw 2 lc $((n + 1)) title '$scheme', "
-        plot+="'$dat' using 1:3 with lines dt 2 lw 2 lc $((n + 1)) notitle, "
+        {
+          echo "# $part, run $i, $scheme: tokens, measured ms, predicted ms"
+          jq -r --argjson i "$i" --arg s "$scheme" \
+            ".runs[\$i].rows[] | select(.scheme == \$s) | $columns" "$out/testbed.json"
+          printf '\n\n'
+        } >> "$out/testbed.dat"
+        plot+="'testbed.dat' index $block using 1:2 with linespoints lw 2 lc $((n + 1)) title '$scheme', "
+        plot+="'testbed.dat' index $block using 1:3 with lines dt 2 lw 2 lc $((n + 1)) notitle, "
         n=$((n + 1))
+        block=$((block + 1))
       done < <(jq -r --argjson i "$i" '[.runs[$i].rows[].scheme] | unique[]' "$out/testbed.json")
       echo "${plot%, }"
     done
   done
   echo "unset multiplot"
 } > "$out/testbed.gp"
-gnuplot "$out/testbed.gp"
+(cd "$out" && gnuplot testbed.gp)
 echo "testbed-report: wrote $out/testbed.csv, testbed.json, testbed.md, testbed.png ($elapsed s of runs)" >&2
