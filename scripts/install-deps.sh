@@ -15,6 +15,8 @@ packages=(
   # llvm-symbolizer (from llvm) for readable stack traces
   clang libclang-rt-dev llvm
   gnuplot-nox libbenchmark-dev
+  # the shaped testbed (bench --testbed shaped): ip and tc; its report script: jq
+  iproute2 jq
 )
 
 missing=()

@@ -52,6 +52,7 @@ struct BenchRow {
   double comm_s = 0.0;
   std::int64_t bytes_per_rank = 0;  // per layer, every collective of one prefill
   double predicted_s = 0.0;  // cost model, per layer
+  double predicted_comm_s = 0.0;  // the same prediction's communication phases
   double floor_s = 0.0;  // FLOPs / sgemm rate + bytes / bandwidth, per layer
   double speedup_vs_tp = 0.0;  // plain TP's median / this median, same TP and tokens
   double speedup_vs_fc1 = 0.0;  // FlashComm1's median / this median (0 when absent)

@@ -236,6 +236,7 @@ std::vector<BenchRow> run_bench(MPI_Comm world, const WeightSource& source,
       const HardwareProfile& profile = profile_for(tp);
       const LayerCost cost = predict_layer(model, item.pc, item.n_tokens, profile);
       row.predicted_s = cost.total_s;
+      row.predicted_comm_s = cost.comm_s;
       row.floor_s = layer_floor(cost, profile, item.pc);
       if (rank == 0) {
         rows.push_back(row);

@@ -20,6 +20,7 @@
 #include "cli/mpi_session.hpp"
 #include "cli/options.hpp"
 #include "cli/run_command.hpp"
+#include "cli/testbed.hpp"
 #include "flashcomm/bench.hpp"
 #include "flashcomm/calibrate.hpp"
 #include "flashcomm/checkpoint.hpp"
@@ -46,6 +47,7 @@ struct BenchCommandOptions {
   std::string hardware;  // empty: calibrate in this run
   std::string out = "bench-out";
   std::string log_level;
+  TestbedOptions testbed;
 };
 
 // A preset or a shape: seeded random weights, no file.
@@ -264,6 +266,7 @@ json row_json(const BenchRow& r) {
           {"speedup_vs_tp", optional_json(r.speedup_vs_tp)},
           {"speedup_vs_fc1", optional_json(r.speedup_vs_fc1)},
           {"predicted_s", r.predicted_s},
+          {"predicted_comm_s", r.predicted_comm_s},
           {"floor_s", r.floor_s},
           {"variant", r.variant.empty() ? json(nullptr) : json(r.variant)},
           {"base_median_s", optional_json(r.base_median_s)},
@@ -323,7 +326,7 @@ void plot(const std::filesystem::path& dir, const std::string& model,
 }
 
 void report(const BenchCommandOptions& o, const std::map<int, HardwareProfile>& profiles,
-            const std::vector<BenchRow>& rows) {
+            const std::vector<BenchRow>& rows, const json& testbed) {
   fmt::print("\n{:>3} {:<28} {:>6} {:>22} {:>9} {:>9} {:>12} {:>6} {:>6} {:>9} {:>7} {:>9} {:>6}\n",
              "tp", "scheme", "tokens", "ms/layer (min-max)", "compute", "comm", "bytes/rank",
              "vs TP", "vs FC1", "predicted", "error", "floor", "floor%");
@@ -383,11 +386,22 @@ void report(const BenchCommandOptions& o, const std::map<int, HardwareProfile>& 
     list.push_back(row_json(r));
   }
   write_file(dir / "bench.csv", csv);
-  const json doc = {{"model", o.model},
-                    {"profiles", profile_list},
-                    {"warmup", o.warmup},
-                    {"repeats", o.repeats},
-                    {"rows", list}};
+  json doc = {{"model", o.model},
+              {"profiles", profile_list},
+              {"warmup", o.warmup},
+              {"repeats", o.repeats},
+              {"rows", list}};
+  if (!testbed.is_null()) {
+    // The shaped link beside the rows; when this run calibrated it, each TP
+    // size's profile is saved for `flashcomm plan --hardware`.
+    print_testbed(testbed);
+    if (o.hardware.empty()) {
+      for (const auto& [tp, p] : profiles) {
+        save_profile(p, (dir / fmt::format("profile-tp{}.json", tp)).string());
+      }
+    }
+    doc["testbed"] = testbed;
+  }
   write_file(dir / "bench.json", doc.dump(2) + "\n");
   plot(dir, o.model, rows);
   fmt::print("wrote {0}/bench.csv, {0}/bench.json, {0}/bench.png (from bench.gp and bench.dat)\n",
@@ -398,6 +412,7 @@ int bench_main(const BenchCommandOptions& raw, int argc, char** argv) {
   BenchCommandOptions o = raw;
   check_options(o);
   const ModelConfig config = bench_config(o);
+  const TestbedPlan testbed = check_testbed_options(o.testbed, o.tp);
   check_memory(o, config, !is_preset(o.model));
   std::optional<HardwareProfile> given_profile;
   if (!o.hardware.empty()) {
@@ -405,10 +420,15 @@ int bench_main(const BenchCommandOptions& raw, int argc, char** argv) {
   }
   const int ranks = o.tp.back();
   arm_fault_from_environment(ranks, {"bench"});
+  if (!under_mpi_launcher() && testbed.shaped) {
+    log::init(0, o.log_level);
+    return run_in_testbed(testbed, ranks, o.out, argc, argv);
+  }
   if (!under_mpi_launcher() && ranks > 1) {
     log::init(0, o.log_level);
     return relaunch_under_mpiexec(argc, argv, ranks);
   }
+  json testbed_info = testbed_of_job(testbed);
   MpiSession mpi;
   const int rank = MpiSession::rank();
   log::init(rank, o.log_level);
@@ -434,11 +454,19 @@ int bench_main(const BenchCommandOptions& raw, int argc, char** argv) {
     }
 
     HardwareProfile profile;
+    std::map<int, HardwareProfile> link_profiles;  // the shaped link's, by TP size
     if (given_profile) {
       profile = *given_profile;
       // The prediction is of the run being measured: the engine's fp32
       // elements, whatever width the profile's own hardware would use.
       profile.activation_bytes = 4;
+    } else if (testbed.shaped) {
+      if (rank == 0) {
+        fmt::print(stderr, "calibrating the shaped link (use --hardware FILE to skip)...\n");
+      }
+      link_profiles =
+          calibrate_testbed_link(MPI_COMM_WORLD, o.tp, testbed_info.value("rate_bps", 0.0));
+      profile = link_profiles.rbegin()->second;
     } else {
       if (rank == 0) {
         fmt::print(stderr, "calibrating this machine (use --hardware FILE to skip)...\n");
@@ -482,8 +510,8 @@ int bench_main(const BenchCommandOptions& raw, int argc, char** argv) {
     // cores: re-measure them for each TP size, as that many ranks run.
     std::map<int, HardwareProfile> profiles;
     for (int tp : o.tp) {
-      profiles[tp] =
-          o.hardware.empty() ? with_compute_rates_of(MPI_COMM_WORLD, profile, tp) : profile;
+      const HardwareProfile& base = link_profiles.count(tp) != 0 ? link_profiles.at(tp) : profile;
+      profiles[tp] = o.hardware.empty() ? with_compute_rates_of(MPI_COMM_WORLD, base, tp) : base;
     }
     const auto profile_for = [&profiles](int tp) -> const HardwareProfile& {
       return profiles.at(tp);
@@ -494,7 +522,10 @@ int bench_main(const BenchCommandOptions& raw, int argc, char** argv) {
       fmt::print("model {} ({} layer{}), {} rank{}, warm-up {}, repeats {}\n", o.model,
                  config.n_layers, config.n_layers == 1 ? "" : "s", MpiSession::size(),
                  MpiSession::size() == 1 ? "" : "s", o.warmup, o.repeats);
-      report(o, profiles, rows);
+      if (!link_profiles.empty()) {
+        testbed_info["link_fits"] = link_fits_json(profiles);
+      }
+      report(o, profiles, rows, testbed_info);
     }
   } catch (const std::exception& e) {
     fmt::print(stderr, "flashcomm: error on rank {}: {}\n", rank, e.what());
@@ -545,6 +576,7 @@ Command add_bench_command(CLI::App& app, int argc, char** argv) {
   cmd->add_option("--out", o->out, "directory for bench.csv, bench.json, bench.png")
       ->capture_default_str();
   cmd->add_option("--log-level", o->log_level, "trace, debug, info, warn, error or off");
+  add_testbed_options(*cmd, o->testbed);
   return {cmd, [o, argc, argv] { return bench_main(*o, argc, argv); }};
 }
 

@@ -212,6 +212,16 @@ bool under_mpi_launcher() {
 }
 
 int relaunch_under_mpiexec(int argc, char** argv, int world_size) {
+  const LaunchResult result = launch_job(argc, argv, world_size, {});
+  if (result.stop_signal != 0) {
+    // End by the same signal, so that a shell sees how this process ended.
+    std::signal(result.stop_signal, SIG_DFL);
+    raise(result.stop_signal);
+  }
+  return result.exit_code;
+}
+
+LaunchResult launch_job(int argc, char** argv, int world_size, const LaunchOptions& options) {
   const char* env_launcher = std::getenv("FLASHCOMM_MPIEXEC");
   if (env_launcher != nullptr && *env_launcher == '\0') {
     env_launcher = nullptr;  // set but empty: the default
@@ -226,12 +236,14 @@ int relaunch_under_mpiexec(int argc, char** argv, int world_size) {
     self.assign(buf, static_cast<size_t>(len));
   }
 
-  std::vector<std::string> args = {launcher};
+  std::vector<std::string> args = options.wrapper;
+  args.push_back(launcher);
   if (geteuid() == 0) {
     args.emplace_back("--allow-run-as-root");
   }
-  args.insert(args.end(),
-              {"--oversubscribe", "--bind-to", "none", "-n", std::to_string(world_size), self});
+  args.insert(args.end(), {"--oversubscribe", "--bind-to", "none"});
+  args.insert(args.end(), options.launcher_args.begin(), options.launcher_args.end());
+  args.insert(args.end(), {"-n", std::to_string(world_size), self});
   for (int i = 1; i < argc; ++i) {
     args.emplace_back(argv[i]);
   }
@@ -268,7 +280,7 @@ int relaunch_under_mpiexec(int argc, char** argv, int world_size) {
       _exit(127);  // the launcher is already gone
     }
     sigprocmask(SIG_SETMASK, &old_mask, nullptr);
-    execvp(launcher.c_str(), c_args.data());
+    execvp(args.front().c_str(), c_args.data());
     const int err = errno;
     (void)!write(exec_pipe[1], &err, sizeof(err));
     _exit(127);
@@ -337,12 +349,9 @@ int relaunch_under_mpiexec(int argc, char** argv, int world_size) {
     fmt::print(stderr, "flashcomm: stopped by signal {}; {} stopped the ranks\n", signal_name(sig),
                launcher);
     std::fflush(stderr);
-    // End by the same signal, so that a shell sees how this process ended.
-    std::signal(sig, SIG_DFL);
-    raise(sig);
-    return 128 + sig;
+    return {128 + sig, sig};
   }
-  return job_exit_code(status, log, launcher);
+  return {job_exit_code(status, log, launcher), 0};
 }
 
 }  // namespace flashcomm::cli

@@ -2,6 +2,9 @@
 // under mpiexec with the world size the layout needs, and waits for the job.
 #pragma once
 
+#include <string>
+#include <vector>
+
 namespace flashcomm::cli {
 
 // True when this process was started by an MPI launcher (mpiexec, srun).
@@ -19,5 +22,23 @@ bool under_mpi_launcher();
 // The job's stderr passes through this process, which reads it for the name
 // of a rank that died. Throws ConfigError when mpiexec cannot be started.
 int relaunch_under_mpiexec(int argc, char** argv, int world_size);
+
+// How launch_job starts the launcher.
+struct LaunchOptions {
+  // Run before the launcher, which it execs in place (e.g. `ip netns exec NAME`).
+  std::vector<std::string> wrapper;
+  // Launcher flags after flashcomm's own (e.g. `--mca btl tcp,self`).
+  std::vector<std::string> launcher_args;
+};
+
+struct LaunchResult {
+  int exit_code = 0;  // as relaunch_under_mpiexec returns it
+  int stop_signal = 0;  // the forwarded signal that stopped the job; 0: none
+};
+
+// relaunch_under_mpiexec, except that a job stopped by a signal is not ended
+// by that signal here: the caller gets it in stop_signal (after the line
+// saying so), tidies up, and ends by it itself.
+LaunchResult launch_job(int argc, char** argv, int world_size, const LaunchOptions& options);
 
 }  // namespace flashcomm::cli
