@@ -189,6 +189,12 @@ const std::map<std::string, Case>& cases() {
       {"flashcomm-mode-unknown", [](const TempDir&) { return stories("--flashcomm on"); }},
       {"flashcomm-auto-with-k",
        [](const TempDir&) { return stories("--flashcomm auto --flashcomm2 1"); }},
+      {"flashcomm-auto-budget",
+       [](const TempDir&) { return stories("--flashcomm auto --memory-budget -1"); }},
+      {"flashcomm-auto-mlp-budget",
+       [](const TempDir&) {
+         return stories("--flashcomm auto --memory-budget 0 --flashcomm2-mlp 1");
+       }},
       {"flashcomm-auto-hardware",
        [](const TempDir&) { return stories("--flashcomm auto --hardware no-such-gpu"); }},
       {"prompt-empty", [](const TempDir&) { return stories("--prompt '' --steps 30"); }},

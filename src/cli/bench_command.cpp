@@ -103,6 +103,10 @@ void check_options(BenchCommandOptions& o) {
       throw ConfigError(fmt::format("--variants {} is not one of int8, bf16, overlap, mlp", v));
     }
   }
+  if (o.overlap_chunks != BenchCommandOptions{}.overlap_chunks &&
+      std::find(o.variants.begin(), o.variants.end(), "overlap") == o.variants.end()) {
+    log::warn("--overlap-chunks sets the chunks of --variants overlap, which is not asked for");
+  }
   if (o.overlap_chunks < 2 || o.overlap_chunks > 64) {
     throw ConfigError(
         fmt::format("--overlap-chunks {} must be between 2 and 64", o.overlap_chunks));

@@ -1,6 +1,7 @@
 // Options of `flashcomm run`, as parsed from the command line.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,7 +20,8 @@ struct RunOptions {
   // scheme the cost model predicts fastest on `hardware` for its length.
   std::string flashcomm = "manual";
   std::string hardware = "cpu-openmpi";  // auto's profile: a built-in name or a JSON file
-  double memory_budget_gib = -1;  // auto: per rank for the extra o_proj weights; < 0 unlimited
+  // auto: GiB per rank for FlashComm2's extra o_proj and down_proj weights; none: unlimited
+  std::optional<double> memory_budget_gib;
   bool check = false;
   std::string json_path;
   std::string log_level;

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -86,13 +87,27 @@ AutoSpace auto_space_for(const RunOptions& opt, const ModelConfig& config) {
         "--flashcomm auto chooses FlashComm1 and FlashComm2 per pass; leave out --flashcomm1 and "
         "--flashcomm2");
   }
-  if (!(opt.memory_budget_gib < 0) && !(opt.memory_budget_gib >= 0)) {
-    throw ConfigError("--memory-budget must be a number of GiB");
+  if (opt.memory_budget_gib &&
+      !(std::isfinite(*opt.memory_budget_gib) && *opt.memory_budget_gib >= 0)) {
+    throw ConfigError(fmt::format(
+        "--memory-budget {} must be a finite number of GiB, 0 or more (omit it for no limit)",
+        *opt.memory_budget_gib));
   }
-  const double budget = opt.memory_budget_gib < 0 ? std::numeric_limits<double>::infinity()
-                                                  : opt.memory_budget_gib * (1 << 30);
-  // The engine holds float32 weights.
+  const double budget = opt.memory_budget_gib ? *opt.memory_budget_gib * (1 << 30)
+                                              : std::numeric_limits<double>::infinity();
+  // The engine holds float32 weights: o_proj's block first (the smallest K
+  // that fits), then down_proj's block of --flashcomm2-mlp in what is left.
   const HeldBlocks held = held_blocks_for_budget(config, pc.tp_size, budget, 4, false);
+  if (pc.flashcomm2_mlp > 0) {
+    const double o_proj = extra_o_proj_bytes(config, pc.tp_size, held.o_proj_k, 4);
+    const double down = extra_down_proj_bytes(config, pc.tp_size, pc.flashcomm2_mlp, 4);
+    if (o_proj + down > budget) {
+      throw ConfigError(fmt::format(
+          "--flashcomm2-mlp {} holds {:.1f} MiB of extra down_proj weights per rank, over what "
+          "--memory-budget {} GiB leaves after o_proj's {:.1f} MiB",
+          pc.flashcomm2_mlp, down / (1 << 20), *opt.memory_budget_gib, o_proj / (1 << 20)));
+    }
+  }
   AutoSpace space;
   space.tp_size = pc.tp_size;
   space.dp_size = pc.dp_size;
@@ -188,7 +203,7 @@ std::uint64_t fingerprint(const RunOptions& opt, const Prepared& p) {
       c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.seq_len, c.shared_classifier, p.context);
   text += fmt::format("|mlp {} quant {} dtype {} chunks {}", pc.flashcomm2_mlp,
                       to_string(pc.comm_quant), to_string(pc.comm_dtype), pc.overlap_chunks);
-  text += fmt::format("|{} {} {}", opt.flashcomm, opt.hardware, opt.memory_budget_gib);
+  text += fmt::format("|{} {} {}", opt.flashcomm, opt.hardware, opt.memory_budget_gib.value_or(-1));
   for (const Request& r : p.requests) {
     text += fmt::format("|{}", fmt::join(r.prompt_tokens, ","));
   }
@@ -459,8 +474,9 @@ void add_run_options(CLI::App& run, RunOptions& o) {
                  "calibrated JSON file)")
       ->capture_default_str();
   run.add_option("--memory-budget", o.memory_budget_gib,
-                 "--flashcomm auto: GiB per rank for the extra o_proj (and down_proj) weights "
-                 "FlashComm2 holds; the smallest K that fits is held (default: unlimited, K=1)");
+                 "--flashcomm auto: GiB per rank for the extra o_proj and down_proj weights "
+                 "FlashComm2 holds; the smallest o_proj K that fits is held, then "
+                 "--flashcomm2-mlp's block must fit in the rest (default: unlimited, K=1)");
   run.add_flag("--check", o.check,
                "compare the last position's logits with an unsharded forward pass");
   run.add_option("--json", o.json_path, "write a JSON report to this file");
@@ -532,6 +548,10 @@ int run_command(const RunOptions& options, int argc, char** argv) {
     return key % 8;
   }
 
+  if (rank == 0 && opt.flashcomm != "auto" &&
+      (opt.memory_budget_gib || opt.hardware != RunOptions{}.hardware)) {
+    log::warn("--hardware and --memory-budget apply to --flashcomm auto only; ignored");
+  }
   if (rank == 0 && opt.parallel.flashcomm1 && opt.parallel.tp_size == 1) {
     log::warn("--flashcomm1 has no effect at --tp 1: one rank holds every token");
   }

@@ -611,8 +611,13 @@ HardwareProfile resolve_profile(const std::string& name_or_path) {
   if (std::find(names.begin(), names.end(), name_or_path) != names.end()) {
     return builtin_profile(name_or_path);
   }
-  if (std::filesystem::is_regular_file(name_or_path)) {
+  std::error_code error;
+  if (std::filesystem::is_regular_file(name_or_path, error)) {
     return load_profile(name_or_path);
+  }
+  if (std::filesystem::exists(name_or_path, error)) {
+    throw FormatError(fmt::format(
+        "hardware profile {}: not a regular file, expected a JSON profile", name_or_path));
   }
   throw ConfigError(fmt::format(
       "unknown hardware profile '{}': not a built-in profile ({}) and no such JSON file",
