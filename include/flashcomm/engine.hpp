@@ -1,10 +1,12 @@
 // The tensor-parallel engine: one rank's shard of the model and its forward
-// pass under plain TP, FlashComm1, FlashComm2 or both.
+// pass under plain TP, FlashComm1, FlashComm2 (for o_proj and down_proj) or
+// both, with the payload formats of wire.hpp and optional overlap.
 //
-// Prefill runs all prompt tokens through one batched pass (every projection is
-// one GEMM per rank, or C of them under overlap) with the schemes the
-// ParallelConfig asks for, or those a chooser picks per pass; decode steps add
-// one token at a time with the KV cache under plain TP.
+// Prefill runs all prompt tokens through one batched pass (each projection is
+// one GEMM per rank, or one per 64-row panel where FlashComm1's gathers or
+// FlashComm2's AlltoAlls feed it; see kPanelRows in layout.hpp) with the
+// schemes the ParallelConfig asks for, or those a chooser picks per pass;
+// decode steps add one token at a time with the KV cache under plain TP.
 #pragma once
 
 #include <functional>

@@ -197,7 +197,7 @@ void Engine::run_layers(std::vector<float>& x, const Plan& plan) {
 // Attention block of layer l, on the resident rows x:
 // 1. RMSNorm.
 // 2-3. QKV projection (one GEMM; under FlashComm1 fed by the AllGather of the
-//    slices over TP, chunk by chunk under overlap), its bias (Qwen2), the
+//    slices over TP, in 64-row panels, chunk by chunk under overlap), its bias (Qwen2), the
 //    per-head q/k RMSNorm (Qwen3), RoPE, append K and V to the cache.
 // 4. Causal attention over this rank's heads.
 // 5. o_proj with its collectives, by scheme.
@@ -489,7 +489,7 @@ std::vector<float> Engine::flashcomm2_project(const std::vector<float>& in, int 
 // MLP block of layer l, on the resident rows x:
 // 1. RMSNorm.
 // 2-3. gate/up projection (one GEMM; under FlashComm1 fed by the AllGather of
-//    the slices over TP, chunk by chunk under overlap), SiLU(gate) * up.
+//    the slices over TP, in 64-row panels, chunk by chunk under overlap), SiLU(gate) * up.
 // 4. down projection and its reduction: AllReduce over TP, FlashComm1's
 //    ReduceScatter, or down_proj FlashComm2 (AlltoAll, GEMM on whole hidden
 //    rows, OTP ReduceScatter, and without FlashComm1 an AllGather).
