@@ -83,6 +83,15 @@ struct Calibration {
 // Median FLOP/s of one sgemm [m, k] . [k, n] through the engine's GEMM
 // wrapper, and bytes/s of memcpy (read + write) of `bytes`.
 double measure_gemm_flops(int m, int n, int k, int repeats);
+
+// The median of a non-empty list of timings (the mean of the two middle
+// values for an even count).
+double median_of(std::vector<double> v);
+
+// One collective on `comm` on a buffer of `buffer_floats` elements (S of
+// comm.hpp's table), as the engine calls it; `in` and `out` hold S floats.
+void run_collective(Communicator& comm, CommOp op, std::vector<float>& in, std::vector<float>& out,
+                    std::size_t buffer_floats);
 double measure_memory_bandwidth(std::size_t bytes, int repeats);
 // measure_gemm_flops at 4, 16, 64 and 256 rows against a 1024 x 1024 weight.
 std::vector<std::pair<int, double>> measure_gemm_flops_by_rows(int repeats);

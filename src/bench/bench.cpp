@@ -19,13 +19,6 @@ namespace flashcomm {
 
 namespace {
 
-double median(std::vector<double> v) {
-  FC_ASSERT(!v.empty(), "median of nothing");
-  std::sort(v.begin(), v.end());
-  const size_t mid = v.size() / 2;
-  return v.size() % 2 == 1 ? v[mid] : 0.5 * (v[mid - 1] + v[mid]);
-}
-
 // Hidden states [n_tokens, d_model], the same on every rank.
 std::vector<float> random_hidden(int n_tokens, int d_model, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -136,7 +129,7 @@ BenchRow measure(MPI_Comm comm, const WeightSource& source, const ParallelConfig
   row.scheme = scheme_name(pc);
   row.n_tokens = n_tokens;
   row.n_layers = n_layers;
-  row.median_s = median(totals);
+  row.median_s = median_of(totals);
   row.min_s = *std::min_element(totals.begin(), totals.end());
   row.max_s = *std::max_element(totals.begin(), totals.end());
   for (int i = 0; i < kPhaseCount; ++i) {
@@ -144,7 +137,7 @@ BenchRow measure(MPI_Comm comm, const WeightSource& source, const ParallelConfig
     for (const PhaseTimes& p : phases) {
       v.push_back(p.seconds[static_cast<size_t>(i)] / n_layers);
     }
-    row.phases.seconds[static_cast<size_t>(i)] = median(v);
+    row.phases.seconds[static_cast<size_t>(i)] = median_of(v);
     (kind_of(static_cast<Phase>(i)) == PhaseKind::comm ? row.comm_s : row.compute_s) +=
         row.phases.seconds[static_cast<size_t>(i)];
   }

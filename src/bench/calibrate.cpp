@@ -18,22 +18,15 @@
 
 namespace flashcomm {
 
-namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
+double median_of(std::vector<double> v) {
   FC_ASSERT(!v.empty(), "median of nothing");
   std::sort(v.begin(), v.end());
   const size_t mid = v.size() / 2;
   return v.size() % 2 == 1 ? v[mid] : 0.5 * (v[mid - 1] + v[mid]);
 }
 
-// One timed collective on `comm` with a buffer of `buffer_bytes` (S).
-void run_op(Communicator& comm, CommOp op, std::vector<float>& in, std::vector<float>& out,
-            std::size_t buffer_floats) {
+void run_collective(Communicator& comm, CommOp op, std::vector<float>& in, std::vector<float>& out,
+                    std::size_t buffer_floats) {
   const std::size_t n = static_cast<std::size_t>(comm.size());
   switch (op) {
     case CommOp::all_reduce:
@@ -51,6 +44,12 @@ void run_op(Communicator& comm, CommOp op, std::vector<float>& in, std::vector<f
   }
 }
 
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 }  // namespace
 
 double measure_gemm_flops(int m, int n, int k, int repeats) {
@@ -66,7 +65,7 @@ double measure_gemm_flops(int m, int n, int k, int repeats) {
       rates.push_back(2.0 * m * n * k / t);
     }
   }
-  return median(rates);
+  return median_of(rates);
 }
 
 std::vector<std::pair<int, double>> measure_gemm_flops_by_rows(int repeats) {
@@ -89,7 +88,7 @@ double measure_memory_bandwidth(std::size_t bytes, int repeats) {
       rates.push_back(2.0 * static_cast<double>(bytes) / t);  // read + write
     }
   }
-  return median(rates);
+  return median_of(rates);
 }
 
 double measure_exp_rate(std::size_t count, int repeats) {
@@ -109,7 +108,7 @@ double measure_exp_rate(std::size_t count, int repeats) {
       rates.push_back(static_cast<double>(count) / t);
     }
   }
-  return median(rates);
+  return median_of(rates);
 }
 
 CollectiveFit fit_collective(const std::vector<CollectiveSample>& samples) {
@@ -204,7 +203,7 @@ void time_op(MPI_Comm sub, CommOp op, const CalibrateOptions& options,
         std::string failure;
         const double t0 = now_s();
         try {
-          run_op(*v.comm, op, in, out, floats);
+          run_collective(*v.comm, op, in, out, floats);
         } catch (const CommError& e) {
           failure = e.what();
         }
@@ -240,7 +239,7 @@ void time_op(MPI_Comm sub, CommOp op, const CalibrateOptions& options,
       s.algorithm = variants[i].algorithm;
       s.buffer_bytes = static_cast<std::int64_t>(floats * sizeof(float));
       s.bytes_sent = bytes_sent(op, g, s.buffer_bytes);
-      s.seconds = median(times[i]);
+      s.seconds = median_of(times[i]);
       s.algbw_Bps = static_cast<double>(s.buffer_bytes) / s.seconds;
       s.busbw_Bps = static_cast<double>(s.bytes_sent) / s.seconds;
       cal.samples.push_back(s);

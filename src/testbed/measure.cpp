@@ -14,6 +14,7 @@
 
 #include "comm/mpi/mpi_check.hpp"
 #include "flashcomm/bench.hpp"
+#include "flashcomm/calibrate.hpp"
 #include "flashcomm/error.hpp"
 #include "flashcomm/kernels.hpp"
 #include "flashcomm/mpi_comm.hpp"
@@ -101,33 +102,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t mid = v.size() / 2;
-  return v.size() % 2 == 1 ? v[mid] : 0.5 * (v[mid - 1] + v[mid]);
-}
-
-// One collective of a buffer of `floats` elements (S) on the group, as the
-// engine calls it.
-void run_op(Communicator& comm, CommOp op, std::vector<float>& in, std::vector<float>& out,
-            std::size_t floats) {
-  const std::size_t n = static_cast<std::size_t>(comm.size());
-  switch (op) {
-    case CommOp::all_reduce:
-      comm.all_reduce(in.data(), floats);
-      break;
-    case CommOp::reduce_scatter:
-      comm.reduce_scatter(in.data(), out.data(), floats / n);
-      break;
-    case CommOp::all_gather:
-      comm.all_gather(in.data(), out.data(), floats / n);
-      break;
-    case CommOp::all_to_all:
-      comm.all_to_all(in.data(), out.data(), floats / n);
-      break;
-  }
-}
-
 constexpr CommOp kOps[] = {CommOp::all_reduce, CommOp::reduce_scatter, CommOp::all_gather,
                            CommOp::all_to_all};
 
@@ -168,7 +142,7 @@ HardwareProfile calibrate_busy_link(MPI_Comm world, int ranks, const CalibrateOp
             // slowest rank of any group is done: the link is shared.
             FC_CHECK_MPI(MPI_Barrier(busy));
             const double t0 = now_s();
-            run_op(*comm, op, in, out, floats);
+            run_collective(*comm, op, in, out, floats);
             double t = now_s() - t0;
             FC_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, busy));
             if (r >= options.warmup) {
@@ -180,7 +154,7 @@ HardwareProfile calibrate_busy_link(MPI_Comm world, int ranks, const CalibrateOp
           s.group_size = g;
           s.buffer_bytes = static_cast<std::int64_t>(floats * sizeof(float));
           s.bytes_sent = bytes_sent(op, g, s.buffer_bytes);
-          s.seconds = median(times);
+          s.seconds = median_of(times);
           s.algbw_Bps = static_cast<double>(s.buffer_bytes) / s.seconds;
           s.busbw_Bps = static_cast<double>(s.bytes_sent) / s.seconds;
           samples.push_back(s);
