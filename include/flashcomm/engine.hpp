@@ -134,6 +134,16 @@ class Engine {
   // GEMM y[n_tokens, n_out] = gathered . w^T, chunk by chunk under overlap.
   void gather_gemm(const std::vector<float>& x, const float* w, int ldw, int n_out, float* y,
                    const Plan& plan, Phase comm_phase, Phase gemm_phase);
+  // o_proj's or down_proj's phases, for output_projection.
+  struct ProjectionPhases {
+    Phase a2a;
+    Phase gemm;
+    Phase reduce;
+    Phase gather;
+  };
+  std::vector<float> output_projection(const std::vector<float>& in, int local_cols, const float* w,
+                                       int ldw, int own_col, int held_k, int k, int total_cols,
+                                       const Plan& plan, const ProjectionPhases& phases);
   // FlashComm2's AlltoAll feeding a projection of size k (o_proj or down).
   std::vector<float> flashcomm2_project(const std::vector<float>& in, int local_cols,
                                         const float* w, int ldw, int k, const Plan& plan,

@@ -205,7 +205,6 @@ void Engine::run_layers(std::vector<float>& x, const Plan& plan) {
 void Engine::attention_block(int layer, std::vector<float>& x, const Plan& plan) {
   const ModelConfig& c = w_.config;
   const ShardedLayer& lw = w_.layers[static_cast<size_t>(layer)];
-  Communicator& tp = ctx_.tp();
   const int d = c.d_model;
   const int hd = c.head_dim;
   const int n = plan.n_tokens;
@@ -265,32 +264,9 @@ void Engine::attention_block(int layer, std::vector<float>& x, const Plan& plan)
   }
 
   // 5. o_proj -> y: [n_res, d] (FlashComm1) or [n, d]
-  Buffer y;
-  if (plan.k > 0) {
-    // The pass's block of K inside the held block (layout.hpp).
-    const int col = flashcomm2_block_col(w_.tp_rank, w_.tp_size, plan.k, c.q_dim()) -
-                    flashcomm2_block_col(w_.tp_rank, w_.tp_size, w_.wo_k, c.q_dim());
-    y = flashcomm2_project(att, q_local, lw.wo.data() + col, w_.wo_cols, plan.k, plan,
-                           Phase::o_proj_a2a, Phase::o_proj_gemm, Phase::o_proj_reduce);
-    if (!plan.flashcomm1) {
-      // (4) AllGather the chunks: [n_slice, d] -> [n_padded, d], drop padding.
-      PhaseTimer timer(t, Phase::o_proj_gather);
-      y = gather_tokens(tp, plan.move, y, plan.n_slice, n, d);
-    }
-  } else {
-    y.resize(sz(n, d));
-    {
-      PhaseTimer timer(t, Phase::o_proj_gemm);
-      kernels::matmul_wt(att.data(), q_local, lw.wo.data() + w_.wo_own_col, w_.wo_cols, y.data(), d,
-                         n, q_local, d);
-    }
-    PhaseTimer timer(t, Phase::o_proj_reduce);
-    if (plan.flashcomm1) {
-      y = reduce_scatter_tokens(tp, plan.reduce, std::move(y), plan.n_slice, d);
-    } else if (tp.size() > 1) {
-      all_reduce_on(tp, plan.reduce, y.data(), sz(n, d));
-    }
-  }
+  const Buffer y = output_projection(
+      att, q_local, lw.wo.data(), w_.wo_cols, w_.wo_own_col, w_.wo_k, plan.k, c.q_dim(), plan,
+      {Phase::o_proj_a2a, Phase::o_proj_gemm, Phase::o_proj_reduce, Phase::o_proj_gather});
 
   // 6. residual
   PhaseTimer timer(t, Phase::attn_residual);
@@ -486,6 +462,46 @@ std::vector<float> Engine::flashcomm2_project(const std::vector<float>& in, int 
   return out;
 }
 
+// o_proj or down_proj, whose input `in` [n_tokens, local_cols] is sharded by
+// its features, with its collectives by scheme -> [n_resident, d_model]:
+// FlashComm2 of size k (the pass's block inside the held block of held_k;
+// without FlashComm1 an AllGather of the chunks after it), or this rank's own
+// columns (at own_col of the held block) then an AllReduce, or FlashComm1's
+// ReduceScatter. `w` is the held block [d_model, ldw].
+std::vector<float> Engine::output_projection(const std::vector<float>& in, int local_cols,
+                                             const float* w, int ldw, int own_col, int held_k,
+                                             int k, int total_cols, const Plan& plan,
+                                             const ProjectionPhases& phases) {
+  Communicator& tp = ctx_.tp();
+  const int d = w_.config.d_model;
+  const int n = plan.n_tokens;
+  PhaseTimes& t = phase_times_;
+  if (k > 0) {
+    const int col = flashcomm2_block_col(w_.tp_rank, w_.tp_size, k, total_cols) -
+                    flashcomm2_block_col(w_.tp_rank, w_.tp_size, held_k, total_cols);
+    Buffer y = flashcomm2_project(in, local_cols, w + col, ldw, k, plan, phases.a2a, phases.gemm,
+                                  phases.reduce);
+    if (!plan.flashcomm1) {
+      // (4) AllGather the chunks: [n_slice, d] -> [n_padded, d], drop padding.
+      PhaseTimer timer(t, phases.gather);
+      y = gather_tokens(tp, plan.move, y, plan.n_slice, n, d);
+    }
+    return y;
+  }
+  Buffer y(sz(n, d));
+  {
+    PhaseTimer timer(t, phases.gemm);
+    kernels::matmul_wt(in.data(), local_cols, w + own_col, ldw, y.data(), d, n, local_cols, d);
+  }
+  PhaseTimer timer(t, phases.reduce);
+  if (plan.flashcomm1) {
+    y = reduce_scatter_tokens(tp, plan.reduce, std::move(y), plan.n_slice, d);
+  } else if (tp.size() > 1) {
+    all_reduce_on(tp, plan.reduce, y.data(), sz(n, d));
+  }
+  return y;
+}
+
 // MLP block of layer l, on the resident rows x:
 // 1. RMSNorm.
 // 2-3. gate/up projection (one GEMM; under FlashComm1 fed by the AllGather of
@@ -497,7 +513,6 @@ std::vector<float> Engine::flashcomm2_project(const std::vector<float>& in, int 
 void Engine::mlp_block(int layer, std::vector<float>& x, const Plan& plan) {
   const ModelConfig& c = w_.config;
   const ShardedLayer& lw = w_.layers[static_cast<size_t>(layer)];
-  Communicator& tp = ctx_.tp();
   const int d = c.d_model;
   const int n = plan.n_tokens;
   const int n_res = plan.n_resident();
@@ -527,30 +542,10 @@ void Engine::mlp_block(int layer, std::vector<float>& x, const Plan& plan) {
   }
 
   // 4. down -> y: [n_res, d] (FlashComm1) or [n, d]
-  Buffer y;
-  if (plan.k_mlp > 0) {
-    const int col = flashcomm2_block_col(w_.tp_rank, w_.tp_size, plan.k_mlp, c.hidden_dim) -
-                    flashcomm2_block_col(w_.tp_rank, w_.tp_size, w_.down_k, c.hidden_dim);
-    y = flashcomm2_project(act, hid, lw.w_down.data() + col, w_.down_cols, plan.k_mlp, plan,
-                           Phase::mlp_a2a, Phase::down_proj, Phase::mlp_reduce);
-    if (!plan.flashcomm1) {
-      PhaseTimer timer(t, Phase::mlp_out_gather);
-      y = gather_tokens(tp, plan.move, y, plan.n_slice, n, d);
-    }
-  } else {
-    y.resize(sz(n, d));
-    {
-      PhaseTimer timer(t, Phase::down_proj);
-      kernels::matmul_wt(act.data(), hid, lw.w_down.data() + w_.down_own_col, w_.down_cols,
-                         y.data(), d, n, hid, d);
-    }
-    PhaseTimer timer(t, Phase::mlp_reduce);
-    if (plan.flashcomm1) {
-      y = reduce_scatter_tokens(tp, plan.reduce, std::move(y), plan.n_slice, d);
-    } else if (tp.size() > 1) {
-      all_reduce_on(tp, plan.reduce, y.data(), sz(n, d));
-    }
-  }
+  const Buffer y = output_projection(
+      act, hid, lw.w_down.data(), w_.down_cols, w_.down_own_col, w_.down_k, plan.k_mlp,
+      c.hidden_dim, plan,
+      {Phase::mlp_a2a, Phase::down_proj, Phase::mlp_reduce, Phase::mlp_out_gather});
 
   // 5. residual
   PhaseTimer timer(t, Phase::mlp_residual);
